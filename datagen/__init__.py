@@ -1,0 +1,1 @@
+"""editsynth data generation: config -> triples -> candidates -> scores -> shards."""

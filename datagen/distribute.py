@@ -1,0 +1,96 @@
+"""The Ray Data plumbing every stage shares: shard ids -> actor pool -> shard files + stats.
+
+A stage is a worker class with ``process_shard(shard: int) -> ShardStats``; it loads its
+model once in ``__init__`` and writes each shard through the RunStore (atomic files, stats
+last). Ray Data feeds the not-yet-done shard ids to a pool of such actors, one shard per
+call, with the CPUs/GPUs per actor from the config. ``ray.init()`` is local unless an
+address is given (``--ray-address``), so the same code runs on a laptop or a cluster.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import numpy as np
+
+from .config import Resources
+from .records import ShardStats
+
+log = logging.getLogger(__name__)
+
+
+class _ShardActor:
+    """Ray Data callable class: builds the stage worker once, then processes shard ids."""
+
+    def __init__(self, factory: Callable[[], Any]):
+        self.worker = factory()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import json
+        import socket
+
+        rows = []
+        for shard in batch["shard"]:
+            stats: ShardStats = self.worker.process_shard(int(shard))
+            stats.extra.setdefault("node", socket.gethostname())
+            stats.extra.setdefault("node_id", _node_id())
+            rows.append(json.dumps(stats.to_row()))
+        return {"stats": np.array(rows, dtype=object)}
+
+
+def _node_id() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # not inside Ray
+        return ""
+
+
+def init_ray(address: str | None = None) -> None:
+    """Connect to ``address`` (a cluster) or start/attach a local Ray once per process."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+
+
+def run_shards(
+    stage: str,
+    factory: Callable[[], Any],
+    shards: list[int],
+    resources: Resources,
+    ray_address: str | None = None,
+) -> list[ShardStats]:
+    """Process ``shards`` with a Ray Data actor pool of ``factory()`` workers; return their stats.
+
+    ``factory`` must be picklable (a top-level function or a functools.partial of one).
+    """
+    import json
+
+    import ray
+
+    if not shards:
+        return []
+    init_ray(ray_address)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = True
+    ctx.execution_options.preserve_order = False
+    actors = max(1, min(resources.actors, len(shards)))
+    log.info("%s: %d shard(s) on %d actor(s) (cpus=%s gpus=%s each)", stage, len(shards), actors,
+             resources.num_cpus, resources.num_gpus)
+    ds = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=len(shards))
+    out = ds.map_batches(
+        _ShardActor,
+        fn_constructor_kwargs={"factory": factory},
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=resources.num_cpus,
+        num_gpus=resources.num_gpus,
+        max_retries=2,
+    )
+    return [ShardStats.from_row(json.loads(r["stats"])) for r in out.take_all()]

@@ -1,0 +1,69 @@
+"""Run stages 1-3 of a pipeline over the run store, on Ray, resuming what is done.
+
+A stage module (``datagen/<room>/stage.py``) exposes:
+  STAGE: str                                    the store folder name ("captions", ...)
+  plan_shards(cfg, store) -> list[int]          every shard id the stage will write
+  Worker(cfg, out)                              built once per Ray actor (loads models)
+      .process_shard(shard) -> ShardStats       writes the shard's files, stats LAST
+  finalize(cfg, store) -> dict | None           optional: run once after all shards are done
+Stages meet only through the store: stage N reads the shards stage N-1 marked done.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from functools import partial
+from pathlib import Path
+
+from .config import PipelineConfig
+from .distribute import run_shards
+from .store import RunStore
+
+log = logging.getLogger(__name__)
+
+STAGE_MODULES = {
+    "captions": "datagen.captions.stage",
+    "render": "datagen.p2p.stage",
+    "filter": "datagen.filter.stage",
+}
+STAGE_ORDER = tuple(STAGE_MODULES)
+
+
+def parse_stages(text: str) -> list[str]:
+    stages = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in STAGE_MODULES]
+    if unknown or not stages:
+        raise ValueError(f"--stages: unknown stage(s) {unknown or text!r}; choose from {','.join(STAGE_ORDER)}")
+    return sorted(stages, key=STAGE_ORDER.index)
+
+
+def _make_worker(module_name: str, cfg: PipelineConfig, out: str):
+    return importlib.import_module(module_name).Worker(cfg, out)
+
+
+def run_stage(stage: str, cfg: PipelineConfig, out: str | Path, overwrite: bool = False) -> dict:
+    """Run one stage to completion (skipping done shards) and return its summary."""
+    module_name = STAGE_MODULES[stage]
+    module = importlib.import_module(module_name)
+    store = RunStore(out)
+    if overwrite:
+        store.clear_stage(module.STAGE)
+    shards = module.plan_shards(cfg, store)
+    todo = [s for s in shards if not store.is_done(module.STAGE, s)]
+    log.info("stage %s: %d shard(s), %d done, %d to do", stage, len(shards), len(shards) - len(todo), len(todo))
+    t0 = time.time()
+    resources = getattr(cfg, stage).resources
+    run_shards(module.STAGE, partial(_make_worker, module_name, cfg, str(out)), todo, resources, cfg.ray_address)
+    summary = store.write_summary(module.STAGE)
+    summary["wall_seconds"] = round(time.time() - t0, 3)
+    if hasattr(module, "finalize"):
+        summary["finalize"] = module.finalize(cfg, store)
+    log.info("stage %s done: %s", stage, {k: summary[k] for k in ("shards", "count_in", "count_out")})
+    return summary
+
+
+def run_pipeline(cfg: PipelineConfig, out: str | Path, stages: list[str], overwrite: bool = False) -> dict:
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "config.json").write_text(cfg.model_dump_json(indent=1))
+    return {stage: run_stage(stage, cfg, out, overwrite) for stage in stages}

@@ -1,0 +1,324 @@
+"""Trainers of the shipped shapes-world models: tiny CLIP, then the tiny Stable Diffusion.
+
+Order matters: the CLIP's text tower becomes the frozen text encoder of the tiny SD (SD v1's
+own recipe: a frozen, contrastively trained text encoder), and the VAE's latents feed the UNet.
+Every trainer is reproducible from its seed, checkpoints every few minutes into
+``<work>/<model>/`` (full fp32 state, for resume) and publishes small fp16 safetensors into the
+shipped weights folder, with the oracle's figures appended to ``<weights>/<model>.log.jsonl``.
+Uses the GPU when one is present, the CPU otherwise.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import data, grammar, oracle
+from .models import (CLIP_PRESETS, SHIPPED_CLIP, SHIPPED_DIR, SHIPPED_T2I, T2I_PRESETS, build_clip, build_scheduler,
+                     build_tokenizer, build_unet, build_vae, openclip_text_to_hf, save_clip)
+
+log = logging.getLogger(__name__)
+HELD_OUT_SEED = -1_000_000   # held-out scenes come from negative seeds
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _log(name: str, row: dict) -> None:
+    SHIPPED_DIR.mkdir(parents=True, exist_ok=True)
+    row = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **row}
+    with open(SHIPPED_DIR / f"{name}.log.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    log.info("%s %s", name, row)
+
+
+def _save_state(path: Path, **state) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def _load_state(path: Path):
+    return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+
+
+def _lr(step: int, base: float, warmup: int, total: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+# ---------------------------------------------------------------------------------------
+# Tiny CLIP
+# ---------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate_clip(model, preset, n: int = 200, seed: int = HELD_OUT_SEED) -> dict:
+    """Caption retrieval top-1 on held-out renders: each image against the n captions."""
+    import open_clip
+
+    model.eval()
+    tok = open_clip.SimpleTokenizer(context_length=preset.context_length)
+    scenes = data.scene_batch(seed, n)
+    dev = next(model.parameters()).device
+    img = F.normalize(model.encode_image(data.render_batch(scenes, preset.image_size).to(dev)), dim=-1)
+    txt = F.normalize(model.encode_text(tok(data.captions(scenes)).to(dev)), dim=-1)
+    top1 = (img @ txt.T).argmax(-1).eq(torch.arange(n, device=dev)).float().mean().item()
+    # The harder test the filter needs: the true caption against a minimally edited one.
+    neg = F.normalize(model.encode_text(tok(data.hard_negative_captions(scenes, seed)).to(dev)), dim=-1)
+    pairwise = ((img * txt).sum(-1) > (img * neg).sum(-1)).float().mean().item()
+    model.train()
+    return {"clip_top1": round(top1, 4), "clip_vs_edited_caption": round(pairwise, 4)}
+
+
+def train_clip(steps: int = 1500, batch_size: int = 128, lr: float = 1e-3, seed: int = 0,
+               work: str | Path = "runs/shapes-train", eval_every: int = 100, preset: str = "shapes") -> dict:
+    import open_clip
+
+    dev = _device()
+    p = CLIP_PRESETS[preset]
+    model, _ = build_clip(p, seed=seed)
+    model.to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
+    state_path = Path(work) / "clip" / "state.pt"
+    step = 0
+    if (state := _load_state(state_path)) is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+        log.info("clip: resumed at step %d", step)
+    tok = open_clip.SimpleTokenizer(context_length=p.context_length)
+    gen = torch.Generator().manual_seed(seed)
+    t0, last_save = time.time(), time.time()
+    while step < steps:
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, lr, 100, steps)
+        scenes = data.scene_batch(seed * 1_000_003 + step, batch_size)
+        x = data.degrade(data.render_batch(scenes, p.image_size, seed=step), gen).to(dev)
+        texts = tok(data.captions(scenes) + data.hard_negative_captions(scenes, step)).to(dev)
+        img, txt, scale = model(x, texts)[:3]
+        logits = scale * img @ txt.T
+        target = torch.arange(batch_size, device=dev)
+        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, :batch_size].T, target)) / 2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        step += 1
+        if step % eval_every == 0 or step == steps or time.time() - last_save > 300:
+            metrics = evaluate_clip(model, p)
+            _log("clip", {"step": step, "loss": round(loss.item(), 4), "minutes": round((time.time() - t0) / 60, 2),
+                          "device": str(dev), **metrics})
+            _save_state(state_path, model=model.state_dict(), opt=opt.state_dict(), step=step)
+            save_clip(model, p, SHIPPED_CLIP, half=True)
+            (SHIPPED_CLIP / "train_state.json").write_text(json.dumps({"step": step, "seed": seed, **metrics}))
+            last_save = time.time()
+    return evaluate_clip(model, p)
+
+
+# ---------------------------------------------------------------------------------------
+# Tiny Stable Diffusion: VAE, then UNet over precomputed latents
+# ---------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate_vae(vae, n: int = 200, seed: int = HELD_OUT_SEED) -> dict:
+    vae.eval()
+    scenes = data.scene_batch(seed, n)
+    x = data.render_batch(scenes).to(next(vae.parameters()).device)
+    rec = vae.decode(vae.encode(x).latent_dist.mode()).sample
+    rows = [oracle.caption_agreement(im, c) for im, c in zip(data.to_pil(rec), data.captions(scenes))]
+    vae.train()
+    return {f"rec_{k}": round(sum(r[k] for r in rows) / n, 4) for k in rows[0]}
+
+
+def train_vae(steps: int = 3000, batch_size: int = 32, lr: float = 2e-3, seed: int = 0,
+              work: str | Path = "runs/shapes-train", eval_every: int = 250, preset: str = "shapes",
+              object_weight: float = 9.0, kl_weight: float = 1e-6) -> dict:
+    dev = _device()
+    p = T2I_PRESETS[preset]
+    torch.manual_seed(seed)
+    vae = build_vae(p).to(dev)
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr)
+    state_path = Path(work) / "vae" / "state.pt"
+    step = 0
+    if (state := _load_state(state_path)) is not None:
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+    t0, last_save = time.time(), time.time()
+    while step < steps:
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, lr, 100, steps)
+        scenes = data.scene_batch(seed * 1_000_003 + step, batch_size)
+        x = data.render_batch(scenes, p.image_size, seed=step).to(dev)
+        # Objects are a small share of the pixels: weight them up or their colours come last
+        # (SHAPES-NOTES.md).
+        w = 1.0 + object_weight * data.object_mask(scenes, p.image_size).to(dev)
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        loss = ((rec - x).abs() * w).mean() + (((rec - x) ** 2) * w).mean() + kl_weight * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % eval_every == 0 or step == steps or time.time() - last_save > 300:
+            metrics = evaluate_vae(vae)
+            _log("vae", {"step": step, "loss": round(loss.item(), 4), "minutes": round((time.time() - t0) / 60, 2),
+                         "device": str(dev), **metrics})
+            _save_state(state_path, model=vae.state_dict(), opt=opt.state_dict(), step=step)
+            last_save = time.time()
+    return evaluate_vae(vae)
+
+
+def _text_encoder_from_clip(clip_dir: Path):
+    import open_clip
+
+    from .models import ClipPreset
+
+    cfg = json.loads((clip_dir / "open_clip_config.json").read_text())["model_cfg"]
+    model = open_clip.create_model(f"local-dir:{clip_dir}", precision="fp32")
+    t = cfg["text_cfg"]
+    preset = ClipPreset(embed_dim=cfg["embed_dim"], text_width=t["width"], text_layers=t["layers"],
+                        text_heads=t["heads"], context_length=t["context_length"], vocab_size=t["vocab_size"])
+    return openclip_text_to_hf(model, preset), preset.context_length
+
+
+@torch.no_grad()
+def evaluate_t2i(pipe, n: int = 64, steps: int = 25, guidance: float = 4.0, seed: int = HELD_OUT_SEED) -> dict:
+    scenes = data.scene_batch(seed, n)
+    caps = data.captions(scenes)
+    gen = torch.Generator().manual_seed(0)
+    images = []
+    for i in range(0, n, 16):
+        images += pipe(caps[i:i + 16], num_inference_steps=steps, guidance_scale=guidance, generator=gen,
+                       height=64, width=64).images
+    rows = [oracle.caption_agreement(im, c) for im, c in zip(images, caps)]
+    return {k: round(sum(r[k] for r in rows) / n, 4) for k in rows[0]}, images
+
+
+def _assemble_pipeline(vae, unet, text_encoder, context_length: int):
+    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=build_tokenizer(context_length), unet=unet,
+        scheduler=EulerAncestralDiscreteScheduler.from_config(build_scheduler().config),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def train_unet(steps: int = 6000, batch_size: int = 64, lr: float = 6e-4, seed: int = 0,
+               work: str | Path = "runs/shapes-train", eval_every: int = 500, preset: str = "shapes",
+               num_scenes: int = 30000, caption_dropout: float = 0.1, offset_noise: float = 0.1,
+               ema_max: float = 0.999) -> dict:
+    """Train the UNet over precomputed VAE latents with the frozen CLIP text tower."""
+    import copy
+
+    dev = _device()
+    p = T2I_PRESETS[preset]
+    work = Path(work)
+    vae_state = _load_state(work / "vae" / "state.pt")
+    if vae_state is None:
+        raise FileNotFoundError(f"no trained VAE under {work / 'vae'}: run `editsynth shapes train-vae` first")
+    vae = build_vae(p)
+    vae.load_state_dict(vae_state["model"])
+    vae.to(dev).eval()
+    text_encoder, context_length = _text_encoder_from_clip(SHIPPED_CLIP)
+    text_encoder.to(dev).eval()
+    tokenizer = build_tokenizer(context_length)
+
+    cache = work / "unet" / f"latents-{num_scenes}.pt"
+    if cache.exists():
+        cached = torch.load(cache)
+    else:
+        latents, ids = [], []
+        for i in range(0, num_scenes, 256):
+            scenes = data.scene_batch(seed * 1_000_003 + i, min(256, num_scenes - i))
+            with torch.no_grad():
+                latents.append(vae.encode(data.render_batch(scenes, p.image_size, seed=i).to(dev)).latent_dist.mode().cpu())
+            ids.append(tokenizer(data.captions(scenes), padding="max_length", max_length=context_length,
+                                 truncation=True, return_tensors="pt").input_ids)
+        cached = {"latents": torch.cat(latents), "ids": torch.cat(ids)}
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(cached, cache)
+    latents_all, ids_all = cached["latents"], cached["ids"]
+    # Unit-variance latents, as SD's 0.18215 does for its VAE.
+    scaling = float(1.0 / latents_all.std())
+    vae.register_to_config(scaling_factor=scaling)
+    with torch.no_grad():
+        null_ids = tokenizer([""], padding="max_length", max_length=context_length, return_tensors="pt").input_ids
+
+    torch.manual_seed(seed)
+    unet = build_unet(p).to(dev)
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-2)
+    sched = build_scheduler()
+    state_path = work / "unet" / "state.pt"
+    step = 0
+    if (state := _load_state(state_path)) is not None:
+        unet.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+        log.info("unet: resumed at step %d", step)
+    gen = torch.Generator().manual_seed(seed + step)
+    alphas = sched.alphas_cumprod.to(dev)
+    t0, last_save = time.time(), time.time()
+    while step < steps:
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, lr, 200, steps)
+        idx = torch.randint(0, len(latents_all), (batch_size,), generator=gen)
+        x0 = latents_all[idx].to(dev) * scaling
+        ids = ids_all[idx].clone()
+        drop = torch.rand(batch_size, generator=gen) < caption_dropout
+        ids[drop] = null_ids
+        with torch.no_grad():
+            cond = text_encoder(ids.to(dev))[0]
+        noise = torch.randn(x0.shape, generator=gen).to(dev)
+        # Offset noise: a flat-colour world lives in the per-channel means that SD's schedule
+        # never fully destroys; this teaches the model to set them.
+        noise = noise + offset_noise * torch.randn(x0.shape[0], x0.shape[1], 1, 1, generator=gen).to(dev)
+        t = torch.randint(0, sched.config.num_train_timesteps, (batch_size,), generator=gen).to(dev)
+        a = alphas[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        loss = F.mse_loss(unet(xt, t, cond).sample, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        step += 1
+        decay = min(ema_max, (1 + step) / (10 + step))   # EMA warm-up: no long lag early on
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), unet.parameters()):
+                pe.lerp_(pm, 1 - decay)
+        if step % 50 == 0:
+            log.info("unet step %d loss %.4f (%.2f s/step)", step, loss.item(), (time.time() - t0) / max(1, step))
+        if step % eval_every == 0 or step == steps or time.time() - last_save > 600:
+            _save_state(state_path, model=unet.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), step=step)
+            row = {"step": step, "loss": round(loss.item(), 4), "minutes": round((time.time() - t0) / 60, 2),
+                   "device": str(dev), "scaling_factor": round(scaling, 5)}
+            for name, net in (("ema", ema), ("raw", unet)):
+                pipe = _assemble_pipeline(vae, net, text_encoder, context_length)
+                metrics, images = evaluate_t2i(pipe, n=32)
+                row.update({f"{name}_{k}": v for k, v in metrics.items()})
+            _log("t2i", row)
+            publish_t2i(_assemble_pipeline(vae, ema, text_encoder, context_length), step,
+                        {k: v for k, v in row.items() if k.startswith("ema_")})
+            last_save = time.time()
+    return row
+
+
+def publish_t2i(pipe, step: int, metrics: dict) -> Path:
+    """Save the pipeline as the shipped diffusers directory, fp16 weights (small to commit)."""
+    import copy
+
+    half = copy.deepcopy(pipe).to(torch.float16)
+    half.save_pretrained(SHIPPED_T2I, safe_serialization=True)
+    (SHIPPED_T2I / "train_state.json").write_text(json.dumps({"step": step, **metrics}))
+    return SHIPPED_T2I

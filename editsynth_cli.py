@@ -1,0 +1,55 @@
+"""The ``editsynth`` console command: one entry point, one subcommand per workflow.
+
+Each room registers its own subcommands (``register(subparsers)`` in its ``cli.py``), so the
+command grows with the rooms and no room reaches into another's code.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# Rooms that contribute subcommands, in the order --help lists them.
+CLI_MODULES = (
+    "datagen.cli",            # generate
+    "datagen.captions.cli",   # captions export-finetune
+    "datagen.p2p.cli",        # render-one
+    "datagen.filter.cli",     # refilter, audit, label, export
+    "datagen.shapes.cli",     # shapes train-t2i / train-clip / ...
+    "model.cli",              # train, eval, edit, serve
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="editsynth",
+        description="Make instruction-based image-editing datasets (InstructPix2Pix style) "
+                    "and train and serve the editors learnt from them.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in CLI_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:  # room not built yet
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

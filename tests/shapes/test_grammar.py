@@ -1,0 +1,53 @@
+import random
+
+import pytest
+
+from datagen.shapes import grammar
+from datagen.shapes.world import Scene, ShapeObject
+
+
+def test_caption_and_parse_are_inverse_on_many_scenes():
+    rng = random.Random(0)
+    for _ in range(500):
+        t = grammar.sample_triple(rng)
+        assert grammar.parse_caption(t.input_caption).key() == t.input_scene.key()
+        assert grammar.parse_caption(t.output_caption).key() == t.output_scene.key()
+
+
+def test_caption_reads_like_the_grammar_example():
+    scene = Scene("yellow", (ShapeObject("square", "blue", "large", "right"), ShapeObject("circle", "red", "small", "left")))
+    assert grammar.caption(scene) == "a small red circle on the left and a large blue square on the right, yellow background"
+
+
+@pytest.mark.parametrize("kind", grammar.EDIT_KINDS)
+def test_every_edit_kind_changes_the_scene_and_has_several_phrasings(kind):
+    rng = random.Random(kind)
+    instructions = set()
+    for _ in range(60):
+        t = grammar.sample_triple(rng, kind=kind)
+        assert t.edit_kind == kind
+        assert t.input_caption != t.output_caption
+        instructions.add(t.instruction.split(" ")[0])
+    assert len(instructions) >= 2, instructions
+
+
+def test_add_and_remove_change_the_object_count():
+    rng = random.Random(1)
+    add = grammar.sample_triple(rng, kind="add")
+    assert len(add.output_scene.objects) == len(add.input_scene.objects) + 1
+    rem = grammar.sample_triple(rng, kind="remove")
+    assert len(rem.output_scene.objects) == len(rem.input_scene.objects) - 1
+
+
+def test_referring_expression_is_unique_in_its_scene():
+    scene = Scene("white", (ShapeObject("circle", "red", "small", "left"), ShapeObject("circle", "blue", "small", "right")))
+    refs = grammar.referring_expressions(scene, scene.objects[0])
+    assert "the circle" not in refs
+    assert "the red circle" in refs and "the circle on the left" in refs
+
+
+def test_parse_rejects_text_outside_the_grammar():
+    with pytest.raises(grammar.CaptionParseError):
+        grammar.parse_caption("a photo of a cat on a sofa")
+    with pytest.raises(grammar.CaptionParseError):
+        grammar.parse_caption("a small red circle on the left and a large blue square on the left, white background")

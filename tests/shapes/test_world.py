@@ -1,0 +1,32 @@
+import random
+
+import numpy as np
+
+from datagen.shapes import world
+
+
+def test_render_is_deterministic_and_heights_come_from_the_seed():
+    scene = world.Scene("gray", (world.ShapeObject("triangle", "red", "small", "middle"),))
+    a, b = world.render(scene, seed=3), world.render(scene, seed=3)
+    assert a.tobytes() == b.tobytes()
+    assert any(world.render(scene, seed=s).tobytes() != a.tobytes() for s in range(4, 10))
+
+
+def test_objects_never_overlap_or_touch_the_border():
+    rng = random.Random(0)
+    for _ in range(300):
+        scene = world.sample_scene(rng, 3, 3)
+        masks = []
+        for obj in scene.objects:
+            img = np.asarray(world.render(world.Scene(scene.background, (obj,))))
+            masks.append((img != np.asarray(world.COLOURS[scene.background])).any(-1))
+        total = sum(m.astype(int) for m in masks)
+        assert total.max() <= 1
+        assert not total[0].any() and not total[-1].any() and not total[:, 0].any() and not total[:, -1].any()
+
+
+def test_object_colour_differs_from_background():
+    rng = random.Random(1)
+    for _ in range(500):
+        scene = world.sample_scene(rng)
+        assert all(o.colour != scene.background for o in scene.objects)
