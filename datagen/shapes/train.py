@@ -93,6 +93,13 @@ def train_clip(steps: int = 1500, batch_size: int = 128, lr: float = 1e-3, seed:
         opt.load_state_dict(state["opt"])
         step = state["step"]
         log.info("clip: resumed at step %d", step)
+    elif (shipped := _shipped_step(SHIPPED_CLIP)) is not None:
+        # A fresh machine: continue from the committed fp16 weights (the optimiser restarts).
+        from safetensors.torch import load_file
+
+        model.load_state_dict({k: v.float() for k, v in load_file(SHIPPED_CLIP / "open_clip_model.safetensors").items()})
+        step = shipped
+        log.info("clip: resumed from the shipped weights at step %d", step)
     tok = open_clip.SimpleTokenizer(context_length=p.context_length)
     gen = torch.Generator().manual_seed(seed)
     t0, last_save = time.time(), time.time()
@@ -151,6 +158,11 @@ def train_vae(steps: int = 3000, batch_size: int = 32, lr: float = 2e-3, seed: i
         vae.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step = state["step"]
+    elif (shipped := _shipped_step(SHIPPED_T2I / "vae")) is not None:
+        vae = type(vae).from_pretrained(SHIPPED_T2I / "vae", torch_dtype=torch.float32).to(dev)
+        opt = torch.optim.AdamW(vae.parameters(), lr=lr)
+        step = shipped
+        log.info("vae: resumed from the shipped weights at step %d", step)
     t0, last_save = time.time(), time.time()
     while step < steps:
         for g in opt.param_groups:
@@ -172,8 +184,24 @@ def train_vae(steps: int = 3000, batch_size: int = 32, lr: float = 2e-3, seed: i
             _log("vae", {"step": step, "loss": round(loss.item(), 4), "minutes": round((time.time() - t0) / 60, 2),
                          "device": str(dev), **metrics})
             _save_state(state_path, model=vae.state_dict(), opt=opt.state_dict(), step=step)
+            publish_vae(vae, step, metrics)
             last_save = time.time()
     return evaluate_vae(vae)
+
+
+def publish_vae(vae, step: int, metrics: dict) -> Path:
+    """Save the VAE (fp16) into the shipped pipeline folder, so a later session can resume it."""
+    import copy
+
+    out = SHIPPED_T2I / "vae"
+    copy.deepcopy(vae).to(torch.float16).save_pretrained(out, safe_serialization=True)
+    (out / "train_state.json").write_text(json.dumps({"step": step, **metrics}))
+    return out
+
+
+def _shipped_step(folder: Path) -> int | None:
+    state = folder / "train_state.json"
+    return json.loads(state.read_text())["step"] if state.exists() else None
 
 
 def _text_encoder_from_clip(clip_dir: Path):
@@ -224,16 +252,23 @@ def train_unet(steps: int = 6000, batch_size: int = 64, lr: float = 6e-4, seed: 
     p = T2I_PRESETS[preset]
     work = Path(work)
     vae_state = _load_state(work / "vae" / "state.pt")
-    if vae_state is None:
-        raise FileNotFoundError(f"no trained VAE under {work / 'vae'}: run `editsynth shapes train-vae` first")
-    vae = build_vae(p)
-    vae.load_state_dict(vae_state["model"])
+    if vae_state is not None:
+        vae = build_vae(p)
+        vae.load_state_dict(vae_state["model"])
+        vae_step = vae_state["step"]
+    elif (vae_step := _shipped_step(SHIPPED_T2I / "vae")) is not None:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(SHIPPED_T2I / "vae", torch_dtype=torch.float32)
+    else:
+        raise FileNotFoundError(f"no trained VAE under {work / 'vae'} or {SHIPPED_T2I / 'vae'}: "
+                                "run `editsynth shapes train-vae` first")
     vae.to(dev).eval()
     text_encoder, context_length = _text_encoder_from_clip(SHIPPED_CLIP)
     text_encoder.to(dev).eval()
     tokenizer = build_tokenizer(context_length)
 
-    cache = work / "unet" / f"latents-{num_scenes}.pt"
+    cache = work / "unet" / f"latents-{num_scenes}-vae{vae_step}.pt"   # a new VAE, new latents
     if cache.exists():
         cached = torch.load(cache)
     else:
@@ -267,6 +302,14 @@ def train_unet(steps: int = 6000, batch_size: int = 64, lr: float = 6e-4, seed: 
         opt.load_state_dict(state["opt"])
         step = state["step"]
         log.info("unet: resumed at step %d", step)
+    elif (shipped := _shipped_step(SHIPPED_T2I)) is not None and (SHIPPED_T2I / "unet").exists():
+        from diffusers import UNet2DConditionModel
+
+        shipped_unet = UNet2DConditionModel.from_pretrained(SHIPPED_T2I / "unet", torch_dtype=torch.float32)
+        unet.load_state_dict(shipped_unet.state_dict())
+        ema.load_state_dict(shipped_unet.state_dict())
+        step = shipped
+        log.info("unet: resumed from the shipped (EMA) weights at step %d", step)
     gen = torch.Generator().manual_seed(seed + step)
     alphas = sched.alphas_cumprod.to(dev)
     t0, last_save = time.time(), time.time()

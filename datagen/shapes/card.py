@@ -1,0 +1,55 @@
+"""Write weights/MODEL_CARD.md from the training logs: how each shipped model was made, how good it is."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .models import SHIPPED_DIR
+
+_INTRO = """# The shipped shapes-world models
+
+Trained by this project on shapes-world renders and grammar captions only (no outside data), on
+the device each log row names. Each row of the tables below is one evaluation on HELD-OUT scenes
+(negative seeds, never used in training), judged by the exact oracle (datagen/shapes/oracle.py).
+Logs: `weights/<model>.log.jsonl` (one JSON row per evaluation). Training resumes from
+`--work` (full fp32 state) or, on a fresh machine, from these fp16 weights.
+
+| model | folder | format | trained with |
+|---|---|---|---|
+| tiny CLIP | `clip/` | open_clip `local-dir:` (open_clip_config.json + open_clip_model.safetensors, fp16) | `editsynth shapes train-clip` |
+| tiny SD VAE | `t2i/vae` | diffusers AutoencoderKL, f=4, 64 px -> 16x16x4 | `editsynth shapes train-vae` |
+| tiny SD UNet + frozen CLIP text tower | `t2i/` | diffusers StableDiffusionPipeline (fp16) | `editsynth shapes train-t2i` |
+| InstructPix2Pix editor | `editor/` | diffusers StableDiffusionInstructPix2PixPipeline | `editsynth train --pipeline shapes` |
+"""
+
+
+def _table(rows: list[dict], keys: list[str]) -> str:
+    head = "| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n"
+    return head + "".join("| " + " | ".join(str(r.get(k, "")) for k in keys) + " |\n" for r in rows)
+
+
+def write_model_card(weights_dir: Path = SHIPPED_DIR) -> Path:
+    parts = [_INTRO]
+    sections = {
+        "clip": ("Tiny CLIP: caption retrieval top-1 among 200 held-out captions; and how often the true "
+                 "caption beats a minimally edited one (the discrimination the filter needs).",
+                 ["step", "minutes", "device", "loss", "clip_top1", "clip_vs_edited_caption"]),
+        "vae": ("VAE: oracle agreement of reconstructions of 200 held-out renders with their captions.",
+                ["step", "minutes", "device", "loss", "rec_background", "rec_count", "rec_colour", "rec_shape",
+                 "rec_size", "rec_all"]),
+        "t2i": ("Text-to-image: oracle agreement of samples (32 held-out captions, Euler ancestral 25 steps, "
+                "CFG 4) with their captions, EMA and raw weights.",
+                ["step", "minutes", "device", "loss", "ema_background", "ema_count", "ema_colour", "ema_shape",
+                 "ema_size", "ema_all", "raw_all"]),
+        "editor": ("Editor: oracle edit accuracy and preservation on held-out rendered scenes.",
+                   ["step", "minutes", "device", "edit_accuracy", "preservation"]),
+    }
+    for name, (text, keys) in sections.items():
+        log = weights_dir / f"{name}.log.jsonl"
+        if not log.exists():
+            continue
+        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        parts.append(f"\n## {name}\n\n{text}\n\n" + _table(rows, keys))
+    path = weights_dir / "MODEL_CARD.md"
+    path.write_text("".join(parts))
+    return path
