@@ -40,11 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_http_loggers() -> None:
+    """The openai client logs one INFO line per request: 450K lines on a paper run."""
+    for name in ("httpx", "httpx2", "httpcore", "openai"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    quiet_http_loggers()
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

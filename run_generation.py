@@ -8,6 +8,7 @@ import logging
 import sys
 
 from datagen.cli import add_generate_arguments, generate
+from editsynth_cli import quiet_http_loggers
 
 
 def main(argv=None) -> int:
@@ -15,6 +16,7 @@ def main(argv=None) -> int:
     add_generate_arguments(parser)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    quiet_http_loggers()
     return generate(parser.parse_args(argv))
 
 

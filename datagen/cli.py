@@ -39,7 +39,11 @@ def generate(args: argparse.Namespace) -> int:
         return 2
     out = args.out or f"runs/{args.pipeline}"
     log.info("pipeline %s -> %s, stages %s", args.pipeline, out, ",".join(stages))
-    summary = run_pipeline(cfg, out, stages, overwrite=args.overwrite)
+    try:
+        summary = run_pipeline(cfg, out, stages, overwrite=args.overwrite)
+    except (ConfigError, FileNotFoundError) as e:   # found by a stage at start: a missing key, model...
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(summary, indent=1, default=str))
     return 0
 

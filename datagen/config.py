@@ -70,7 +70,7 @@ class OpenAIBackendConfig(Section):
     api: Literal["chat", "completions"] = "chat"
     response_format: Literal["json_schema", "json_object", "none"] = "json_schema"  # chat only
     concurrency: int = Field(8, ge=1)
-    max_retries: int = Field(5, ge=0)
+    max_retries: int = Field(8, ge=0)             # with backoff: ~3 minutes of 429s before a shard fails
     timeout_s: float = Field(60.0, gt=0)
     backoff_s: float = Field(1.0, ge=0)           # first retry waits ~backoff_s, then doubles
     max_backoff_s: float = Field(60.0, ge=0)

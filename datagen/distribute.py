@@ -91,6 +91,7 @@ def run_shards(
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=resources.num_cpus,
         num_gpus=resources.num_gpus,
-        max_retries=2,
+        max_restarts=2,          # actors: restart a dead actor and retry its shard (was max_retries, a task-only option)
+        max_task_retries=2,
     )
     return [ShardStats.from_row(json.loads(r["stats"])) for r in out.take_all()]

@@ -1,0 +1,154 @@
+"""Stage 1 on the run store: shard ``i`` turns source captions [i*shard_size, (i+1)*shard_size) into triples.
+
+Each shard writes ``captions/captions-<i>.parquet`` (Triple rows) and then its stats (every
+rejection counted by reason, request and retry counts, token usage), the stats last so that a
+killed run leaves the shard undone and a re-run redoes it. Triple ids come from (run seed,
+source id, backend, model, prompt version): a re-run writes the same ids.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import socket
+import time
+from collections import Counter
+from dataclasses import fields
+
+import pyarrow as pa
+
+from datagen.config import CaptionsConfig, PipelineConfig
+from datagen.records import ShardStats, Triple, stable_id
+from datagen.store import RunStore
+
+from .backends import Draft, make_backend
+from .openai_client import CallCounters, api_key
+from .sources import CaptionSource
+from .validation import Moderator, Validator, duplicate_flags
+
+log = logging.getLogger(__name__)
+
+STAGE = "captions"
+TRIPLE_SCHEMA = pa.schema([(f.name, pa.string()) for f in fields(Triple)])
+
+
+def planned_count(cfg: CaptionsConfig, source: CaptionSource) -> int:
+    """How many source captions the run turns into triples: num_triples, or fewer if the source is short."""
+    size = source.size()
+    if size is not None and size < cfg.num_triples:
+        log.warning("captions: num_triples=%d but the source (%s) holds %d caption(s); using %d",
+                    cfg.num_triples, source.describe(), size, size)
+        return size
+    return cfg.num_triples
+
+
+def plan_shards(cfg: PipelineConfig, store: RunStore) -> list[int]:
+    ccfg = cfg.captions
+    if ccfg.backend == "openai":
+        api_key(ccfg.openai)  # a missing key fails here, before any Ray actor starts
+    count = planned_count(ccfg, CaptionSource(ccfg.source, cfg.seed))
+    return list(range(math.ceil(count / ccfg.shard_size)))
+
+
+def triple_id(run_seed: int, source_id: str, backend: str, model: str, prompt_version: str) -> str:
+    return stable_id(run_seed, source_id, backend, model, prompt_version)
+
+
+class Worker:
+    """Built once per Ray actor: loads the source and the backend, then processes shards."""
+
+    def __init__(self, cfg: PipelineConfig, out: str):
+        self.cfg = cfg
+        self.ccfg = cfg.captions
+        self.store = RunStore(out)
+        self.source = CaptionSource(self.ccfg.source, cfg.seed)
+        self.count = planned_count(self.ccfg, self.source)
+        self.validator = Validator(self.ccfg.validation)
+        self.backend = make_backend(self.ccfg, cfg.seed)
+        self.moderator = Moderator(self.ccfg.openai) if self.ccfg.openai.moderation else None
+        self._duplicates: list[bool] | None = None
+
+    def duplicates(self) -> list[bool]:
+        if self._duplicates is None:
+            captions = self.source.captions(0, self.count)
+            self._duplicates = duplicate_flags(captions) if self.ccfg.validation.dedup else [False] * len(captions)
+        return self._duplicates
+
+    def process_shard(self, shard: int) -> ShardStats:
+        t0 = time.time()
+        start = shard * self.ccfg.shard_size
+        stop = min(start + self.ccfg.shard_size, self.count)
+        if start >= stop:
+            raise ValueError(f"captions shard {shard} is outside the plan ({self.count} captions, "
+                             f"shard_size {self.ccfg.shard_size})")
+        sources = self.source.get(start, stop)
+        rejections: Counter[str] = Counter()
+
+        # Source checks first: a caption rejected here costs no request.
+        todo = []
+        for src, duplicate in zip(sources, self.duplicates()[start:stop]):
+            reason = "duplicate_caption" if duplicate else self.validator.check_caption(src.caption)
+            if reason:
+                rejections[reason] += 1
+            else:
+                todo.append(src)
+
+        self.backend.counters = CallCounters()  # per-shard figures
+        kept: list[Draft] = []
+        for draft in self.backend.draft(todo):
+            reason = draft.rejection or self.validator.check_reply(
+                draft.input_caption, draft.instruction, draft.output_caption)
+            if reason:
+                rejections[reason] += 1
+            else:
+                kept.append(draft)
+
+        extra = {"backend": self.backend.name, "model": self.backend.model,
+                 "prompt_version": self.backend.prompt_version, **self.backend.counters.as_extra()}
+        if self.moderator is not None:
+            self.moderator.counters = CallCounters()
+            flags = self.moderator.flagged([(d.input_caption, d.instruction, d.output_caption) for d in kept])
+            if any(flags):
+                rejections["moderation_flagged"] += sum(flags)
+            kept = [d for d, flagged in zip(kept, flags) if not flagged]
+            extra["moderation_requests"] = self.moderator.counters.requests
+            extra["moderation_retries"] = self.moderator.counters.retries
+
+        triples = [self._triple(d) for d in kept]
+        self.store.write_table(STAGE, shard, [t.to_row() for t in triples], schema=TRIPLE_SCHEMA)
+        extra.update(node_id=_ray_node_id(), host=socket.gethostname())
+        stats = ShardStats(STAGE, shard, count_in=len(sources), count_out=len(triples),
+                           seconds=round(time.time() - t0, 3), rejections=dict(rejections), extra=extra)
+        self.store.write_stats(stats)  # last: marks the shard done
+        log.info("captions shard %d: %d caption(s) -> %d triple(s); rejected %s; %d request(s), %d retry(ies)",
+                 shard, len(sources), len(triples), dict(rejections) or "none", extra["requests"], extra["retries"])
+        return stats
+
+    def _triple(self, draft: Draft) -> Triple:
+        b = self.backend
+        return Triple(
+            triple_id=triple_id(self.cfg.seed, draft.source.source_id, b.name, b.model, b.prompt_version),
+            input_caption=draft.input_caption, instruction=draft.instruction,
+            output_caption=draft.output_caption, source_id=draft.source.source_id,
+            edit_kind=draft.edit_kind, backend=b.name, model=b.model, prompt_version=b.prompt_version)
+
+
+def finalize(cfg: PipelineConfig, store: RunStore) -> dict:
+    """Check the stage as a whole (ids unique) and count triples by kind of edit."""
+    rows = store.read_stage(STAGE)
+    ids = Counter(r["triple_id"] for r in rows)
+    repeated = [i for i, n in ids.items() if n > 1]
+    if repeated:
+        raise RuntimeError(f"captions: {len(repeated)} triple id(s) occur more than once, e.g. {repeated[:3]}")
+    return {"triples": len(rows), "edit_kinds": dict(Counter(r["edit_kind"] or "unknown" for r in rows))}
+
+
+def _ray_node_id() -> str:
+    """The Ray node this shard ran on ("" outside Ray): lets a run show how work spread."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.get_runtime_context().get_node_id()
+    except Exception:  # Ray absent or not inside a worker
+        pass
+    return ""
