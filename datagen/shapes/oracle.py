@@ -51,11 +51,23 @@ def parse_image(img) -> Scene:
     labels = palette_labels(img)
     border = np.concatenate([labels[:2].ravel(), labels[-2:].ravel(), labels[:, :2].ravel(), labels[:, -2:].ravel()])
     bg = int(np.bincount(border, minlength=len(_NAMES)).argmax())
-    components, n = ndimage.label(labels != bg)
+    # A blob of foreground is found first; the object inside it is the blob's dominant colour.
+    # Measuring only that colour ignores the halo of in-between colours that blur, JPEG and
+    # decoders leave around edges (it would make small objects look large and round).
+    blobs, n = ndimage.label(labels != bg)
     objects = []
     for i in range(1, n + 1):
-        ys, xs = np.nonzero(components == i)
-        if len(ys) < MIN_AREA:
+        blob = blobs == i
+        if blob.sum() < MIN_AREA:
+            continue
+        inner = ndimage.binary_erosion(blob)
+        colour_idx = int(np.bincount(labels[inner if inner.sum() >= 4 else blob], minlength=len(_NAMES)).argmax())
+        core, m = ndimage.label(blob & (labels == colour_idx))
+        if m == 0:
+            continue
+        core = core == (1 + int(np.argmax(ndimage.sum(np.ones_like(core), core, range(1, m + 1)))))
+        ys, xs = np.nonzero(core)
+        if len(ys) < MIN_AREA // 2:
             continue
         y0, x0 = ys.min(), xs.min()
         h, w = ys.max() - y0 + 1, xs.max() - x0 + 1
@@ -63,13 +75,9 @@ def parse_image(img) -> Scene:
         mask[ys - y0, xs - x0] = True
         shape = classify_shape(ndimage.binary_fill_holes(mask))
         size = "large" if max(h, w) >= LARGE_EXTENT else "small"
-        # Colour from the interior: edges blend into the background (blur, JPEG chroma).
-        inner = ndimage.binary_erosion(mask)
-        iy, ix = (np.nonzero(inner) if inner.sum() >= 4 else np.nonzero(mask))
-        colour = _NAMES[int(np.bincount(labels[iy + y0, ix + x0], minlength=len(_NAMES)).argmax())]
         cx = xs.mean()
         slot = "left" if cx < SLOT_BOUNDS[0] else "middle" if cx < SLOT_BOUNDS[1] else "right"
-        objects.append(ShapeObject(shape, colour, size, slot, int(round(ys.mean()))))
+        objects.append(ShapeObject(shape, _NAMES[colour_idx], size, slot, int(round(ys.mean()))))
     return Scene(_NAMES[bg], tuple(objects))
 
 
