@@ -1,0 +1,111 @@
+"""``editsynth train`` and ``editsynth eval`` (also ``python train_editor.py``)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+log = logging.getLogger(__name__)
+
+
+def _config(args):
+    from datagen.config import load_config
+
+    cfg = load_config(args.pipeline, list(args.set or []), args.pipelines_file)
+    if getattr(args, "data", None):
+        cfg.train.data = args.data
+    return cfg
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors that mean bad input: reported in one line, not as a traceback."""
+    from datagen.config import ConfigError
+    from model.data import DataError
+    from model.editor import EditorLoadError as BaseLoadError
+    from model.loading import EditorLoadError
+
+    return ConfigError, DataError, BaseLoadError, EditorLoadError, FileNotFoundError
+
+
+def reported(command: str, fn):
+    def run(args) -> int:
+        try:
+            return fn(args)
+        except _user_errors() as e:
+            print(f"editsynth {command}: {e}", file=sys.stderr)
+            return 2
+    return run
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pipeline", default="shapes", help="named pipeline of pipelines.yaml (default: shapes)")
+    p.add_argument("--pipelines-file", default=None, help="another pipelines.yaml")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.max_steps=500 (repeatable)")
+    p.add_argument("--data", help="webdataset export dir / tar pattern, or a Hugging Face dataset (= train.data)")
+    p.add_argument("--out", required=True, help="output folder: the editor pipeline, checkpoints, logs")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="run on Ray Train with this many workers (one per GPU); default: one local process")
+    p.add_argument("--ray-address", default=None, help="Ray cluster address (implies Ray Train)")
+
+
+def run_train(args) -> int:
+    from model.train import train
+
+    cfg = _config(args)
+    result = train(cfg.train, args.out, num_workers=args.num_workers, ray_address=args.ray_address or cfg.ray_address)
+    print(json.dumps({"out": result.out_dir, "steps": result.steps, "final_loss": result.final_loss,
+                      "seconds": round(result.seconds, 1), "resumed_from": result.resumed_from,
+                      "world_size": result.world_size, "device": result.device}))
+    return 0
+
+
+def run_eval(args) -> int:
+    from model import evaluate
+
+    cfg = _config(args)
+    ecfg = cfg.train.eval
+    if args.split:
+        ecfg.split = args.split
+    base = args.base_model or evaluate.base_model_of(args.editor, cfg.train.base_model)
+    if args.oracle:
+        result = evaluate.evaluate_oracle(args.editor, ecfg, args.out, None if args.no_sdedit else base,
+                                          device=args.device)
+        keys = ("edit_accuracy", "preservation", "sdedit_edit_accuracy", "sdedit_preservation",
+                "identity_edit_accuracy", "identity_preservation")
+        print(json.dumps({k: result[k] for k in keys if k in result}))
+        return 0
+    if not cfg.train.data:
+        raise SystemExit("editsynth eval: give the held-out data with --data DIR_OR_HF (or use --oracle)")
+    if args.no_sdedit:
+        ecfg.sdedit_strengths = []
+    result = evaluate.evaluate_sweep(args.editor, cfg.train.data, ecfg, args.out, base, device=args.device)
+    print(json.dumps({"editor_sweep": result["editor_sweep"], "sdedit": result["sdedit"]}))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train an InstructPix2Pix editor on exported pairs",
+                       description="Train an InstructPix2Pix editor from a Stable Diffusion checkpoint "
+                                   "(or retrain an editor). Re-run the same command to resume.")
+    add_train_arguments(p)
+    p.set_defaults(func=reported("train", run_train))
+
+    e = sub.add_parser("eval", help="evaluate an editor: CLIP guidance sweep vs SDEdit, or the shapes oracle",
+                       description="Sweep image guidance on a held-out split (CLIP directional vs image "
+                                   "similarity, SDEdit baseline), or with --oracle edit held-out rendered "
+                                   "shapes-world scenes and judge them exactly.")
+    e.add_argument("--editor", default="shapes", help="editor: diffusers dir, hub id, or 'shapes' (shipped)")
+    e.add_argument("--out", required=True, help="folder for eval.json + eval_plot.png, or oracle_edit.json")
+    e.add_argument("--pipeline", default="shapes", help="named pipeline whose train.eval settings apply")
+    e.add_argument("--pipelines-file", default=None)
+    e.add_argument("--set", action="append", metavar="KEY=VALUE", help="e.g. --set train.eval.num_examples=50")
+    e.add_argument("--data", help="held-out data: webdataset export dir or Hugging Face dataset")
+    e.add_argument("--split", default=None, help="held-out split (default train.eval.split)")
+    e.add_argument("--base-model", default=None,
+                   help="SDEdit's model (default: the editor's base from editsynth_train.json)")
+    e.add_argument("--no-sdedit", action="store_true", help="skip the SDEdit baseline")
+    e.add_argument("--oracle", action="store_true", help="judge edits of rendered shapes-world scenes exactly")
+    e.add_argument("--device", default="auto")
+    e.set_defaults(func=reported("eval", run_eval))

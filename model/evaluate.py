@@ -1,0 +1,338 @@
+"""Measure an editor the paper's way (CLIP sweep vs SDEdit) and exactly (the shapes-world oracle).
+
+``evaluate_sweep``: on a held-out split, edit every example at text guidance 7.5 and image
+guidance 1.0..2.2; per setting, the mean CLIP directional similarity cos(img_out - img_in,
+txt_out - txt_in) and CLIP image similarity cos(img_in, img_out); the same for SDEdit
+(img2img with the output caption on the editor's base model) over a range of strengths;
+both curves on one plot (InstructPix2Pix, Fig. 8) -> ``eval.json`` + ``eval_plot.png``.
+
+``evaluate_oracle``: held-out RENDERED shapes-world scenes (negative seeds, never training
+data), one held-out triple each, edited by the editor, by SDEdit and by nothing (identity);
+the oracle judges whether the instructed change is visible (edit accuracy) and whether
+everything else stayed (preservation), per edit kind -> ``oracle_edit.json``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from PIL import Image
+
+from datagen.config import EvalConfig
+from datagen.records import seed_from
+
+log = logging.getLogger(__name__)
+
+SWEEP_FILE = "eval.json"
+PLOT_FILE = "eval_plot.png"
+ORACLE_FILE = "oracle_edit.json"
+
+
+# ---------------------------------------------------------------------------------------
+# Editing: the editor's dual-guidance sampler, and SDEdit as the baseline
+# ---------------------------------------------------------------------------------------
+def edit_batch(editor, images: Sequence[Image.Image], instructions: Sequence[str], steps: int,
+               text_guidance: float, image_guidance: float, seed: int, batch_size: int = 8,
+               seeds: Sequence[int] | None = None) -> list[Image.Image]:
+    """Edit images with an InstructPix2Pix editor (an Editor or an in-memory pipeline)."""
+    from model.sampling import EditSettings, edit_images
+
+    seeds = list(seeds) if seeds is not None else [seed_from(seed, i) for i in range(len(images))]
+    settings = EditSettings(text_guidance=text_guidance, image_guidance=image_guidance, steps=steps,
+                            seed=seed, batch_size=batch_size)
+    return edit_images(editor, list(images), list(instructions), settings, seeds=seeds)
+
+
+def load_sdedit(base_model: str, device: torch.device):
+    """SDEdit = Stable Diffusion img2img on the editor's base model, Euler ancestral like the editor."""
+    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionImg2ImgPipeline
+
+    from datagen.shapes.models import resolve_model
+
+    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(
+        resolve_model(base_model, "t2i"), safety_checker=None, requires_safety_checker=False)
+    pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def sdedit_batch(pipe, images: Sequence[Image.Image], captions: Sequence[str], strength: float, steps: int,
+                 guidance: float, seeds: Sequence[int], batch_size: int = 8) -> list[Image.Image]:
+    out: list[Image.Image] = []
+    for k in range(0, len(images), batch_size):
+        chunk = list(images[k : k + batch_size])
+        gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds[k : k + batch_size]]
+        result = pipe(prompt=list(captions[k : k + batch_size]), image=chunk, strength=strength,
+                      num_inference_steps=steps, guidance_scale=guidance, generator=gens).images
+        out.extend(r if r.size == im.size else r.resize(im.size, Image.LANCZOS) for r, im in zip(result, chunk))
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# CLIP metrics (pure functions of features)
+# ---------------------------------------------------------------------------------------
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def clip_image_similarity(img_in: torch.Tensor, img_out: torch.Tensor) -> torch.Tensor:
+    """cos(img_in, img_out) per row: how much of the input survives the edit."""
+    return (_unit(img_in) * _unit(img_out)).sum(-1)
+
+
+def clip_directional_similarity(img_in, img_out, txt_in, txt_out) -> torch.Tensor:
+    """cos(img_out - img_in, txt_out - txt_in) per row, on unit features: does the change follow the text."""
+    d_img = _unit(img_out) - _unit(img_in)
+    d_txt = _unit(txt_out) - _unit(txt_in)
+    return (_unit(d_img) * _unit(d_txt)).sum(-1)
+
+
+class ClipFeatures:
+    """An open_clip model loaded the normal way: built-in name + pretrained tag, hf-hub:, local-dir:."""
+
+    def __init__(self, name: str, pretrained: str = "", device: torch.device | str = "cpu"):
+        import open_clip
+
+        from datagen.shapes.models import resolve_model
+
+        if name == "shapes":
+            name, pretrained = "local-dir:" + resolve_model("shapes", "clip"), ""
+        try:
+            model, _, self.preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained or None)
+        except Exception as e:
+            raise RuntimeError(f"cannot load CLIP {name!r} (pretrained {pretrained!r}) with open_clip: {e}") from e
+        self.model = model.to(device).eval()
+        self.tokenizer = open_clip.get_tokenizer(name)
+        self.device = torch.device(device)
+
+    @torch.no_grad()
+    def images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        x = torch.stack([self.preprocess(im) for im in images]).to(self.device)
+        return self.model.encode_image(x).float().cpu()
+
+    @torch.no_grad()
+    def texts(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.model.encode_text(self.tokenizer(list(texts)).to(self.device)).float().cpu()
+
+
+# ---------------------------------------------------------------------------------------
+# The guidance sweep (paper figure)
+# ---------------------------------------------------------------------------------------
+@dataclass
+class SweepPoint:
+    setting: float                  # image guidance scale (editor) or strength (SDEdit)
+    clip_directional_similarity: float
+    clip_image_similarity: float
+
+
+def _point(clip: ClipFeatures, setting: float, f_in, t_in, t_out, outputs) -> SweepPoint:
+    f_out = clip.images(outputs)
+    return SweepPoint(setting, clip_directional_similarity(f_in, f_out, t_in, t_out).mean().item(),
+                      clip_image_similarity(f_in, f_out).mean().item())
+
+
+def plot_sweep(editor_points: list[SweepPoint], sdedit_points: list[SweepPoint], path: Path,
+               title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=120)
+    for points, label, marker, fmt in ((editor_points, "editor (image guidance)", "o", "{:.1f}"),
+                                       (sdedit_points, "SDEdit (strength)", "s", "{:.2f}")):
+        if not points:
+            continue
+        xs = [p.clip_directional_similarity for p in points]
+        ys = [p.clip_image_similarity for p in points]
+        ax.plot(xs, ys, marker=marker, label=label)
+        for p, x, y in zip(points, xs, ys):
+            ax.annotate(fmt.format(p.setting), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel("CLIP text-image direction similarity")
+    ax.set_ylabel("CLIP image similarity")
+    ax.set_title(title or "Edit strength vs consistency")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def evaluate_sweep(editor_model: str, data: str, cfg: EvalConfig, out: str | Path, base_model: str,
+                   device: str = "auto") -> dict:
+    """The paper's sweep on a held-out split; writes eval.json and eval_plot.png under ``out``."""
+    from model.data import DataError, load_examples
+    from model.loading import load_editor, resolve_device
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    examples = load_examples(data, cfg.split, cfg.num_examples, cfg.seed)
+    missing = [ex.key for ex in examples if not (ex.input_caption and ex.output_caption)]
+    if missing:
+        raise DataError(f"{len(missing)} held-out examples lack input/output captions (e.g. {missing[0]!r}); "
+                        "CLIP directional similarity needs both")
+    editor = load_editor(editor_model, device=device)
+    dev = resolve_device(device)
+    clip = ClipFeatures(cfg.clip_model, cfg.clip_pretrained, dev)
+
+    size = editor.native_resolution
+    inputs = [ex.input_image.resize((size, size), Image.BICUBIC) for ex in examples]
+    seeds = [seed_from(cfg.seed, ex.key) for ex in examples]
+    f_in = clip.images(inputs)
+    t_in = clip.texts([ex.input_caption for ex in examples])
+    t_out = clip.texts([ex.output_caption for ex in examples])
+    instructions = [ex.instruction for ex in examples]
+
+    editor_points = []
+    for s_img in cfg.image_guidance_scales:
+        outputs = edit_batch(editor, inputs, instructions, cfg.steps, cfg.text_guidance_scale, s_img,
+                             cfg.seed, cfg.batch_size, seeds)
+        editor_points.append(_point(clip, s_img, f_in, t_in, t_out, outputs))
+        log.info("editor s_I=%.2f: %s", s_img, editor_points[-1])
+    del editor
+
+    sdedit_points = []
+    if cfg.sdedit_strengths:
+        sdedit = load_sdedit(base_model, dev)
+        captions = [ex.output_caption for ex in examples]
+        for strength in cfg.sdedit_strengths:
+            outputs = sdedit_batch(sdedit, inputs, captions, strength, cfg.steps, cfg.text_guidance_scale,
+                                   seeds, cfg.batch_size)
+            sdedit_points.append(_point(clip, strength, f_in, t_in, t_out, outputs))
+            log.info("SDEdit strength=%.2f: %s", strength, sdedit_points[-1])
+
+    plot = plot_sweep(editor_points, sdedit_points, out / PLOT_FILE, title=f"{Path(editor_model).name} on {cfg.split}")
+    result = {
+        "editor": editor_model, "base_model": base_model, "data": data, "split": cfg.split,
+        "num_examples": len(examples), "text_guidance_scale": cfg.text_guidance_scale, "steps": cfg.steps,
+        "clip_model": cfg.clip_model, "clip_pretrained": cfg.clip_pretrained,
+        "editor_sweep": [{"image_guidance_scale": p.setting,
+                          "clip_directional_similarity": p.clip_directional_similarity,
+                          "clip_image_similarity": p.clip_image_similarity} for p in editor_points],
+        "sdedit": [{"strength": p.setting, "clip_directional_similarity": p.clip_directional_similarity,
+                    "clip_image_similarity": p.clip_image_similarity} for p in sdedit_points],
+        "plot": str(plot.name), "seconds": round(time.time() - started, 2), "device": str(dev),
+    }
+    (out / SWEEP_FILE).write_text(json.dumps(result, indent=1))
+    return result
+
+
+# ---------------------------------------------------------------------------------------
+# The shapes-world oracle
+# ---------------------------------------------------------------------------------------
+def heldout_triples(n: int, seed: int = 0):
+    """``n`` held-out triples balanced over edit kinds, from negative seeds (training uses >= 0)."""
+    from datagen.shapes import grammar
+
+    rng = random.Random(-1 - seed)
+    kinds = grammar.EDIT_KINDS
+    return [grammar.sample_triple(rng, kind=kinds[i % len(kinds)]) for i in range(n)]
+
+
+def _rates(judgements: list, idx: list[int]) -> tuple[float, float]:
+    if not idx:
+        return 0.0, 0.0
+    return (sum(judgements[i].edit_ok for i in idx) / len(idx),
+            sum(judgements[i].preserved for i in idx) / len(idx))
+
+
+def oracle_summary(kinds: list[str], judged: dict[str, list]) -> dict:
+    """Edit accuracy and preservation overall and per edit kind, for each method judged."""
+    prefix = {"editor": "", "sdedit": "sdedit_", "identity": "identity_"}
+    by_kind_idx: dict[str, list[int]] = defaultdict(list)
+    for i, k in enumerate(kinds):
+        by_kind_idx[k].append(i)
+    result: dict = {"num_scenes": len(kinds)}
+    by_kind: dict = {k: {"n": len(ix)} for k, ix in sorted(by_kind_idx.items())}
+    for method, judgements in judged.items():
+        p = prefix[method]
+        acc, pres = _rates(judgements, list(range(len(kinds))))
+        result[f"{p}edit_accuracy"], result[f"{p}preservation"] = acc, pres
+        result[f"{p}edit_correct"] = sum(j.edit_ok and j.preserved for j in judgements) / max(1, len(kinds))
+        for k, ix in by_kind_idx.items():
+            acc, pres = _rates(judgements, ix)
+            by_kind[k][f"{p}edit_accuracy"], by_kind[k][f"{p}preservation"] = acc, pres
+    result["by_edit_kind"] = by_kind
+    return result
+
+
+def evaluate_oracle(editor_model: str, cfg: EvalConfig, out: str | Path, base_model: str | None,
+                    device: str = "auto", image_size: int = 64) -> dict:
+    """Edit held-out rendered scenes; the oracle judges editor, SDEdit and identity -> oracle_edit.json."""
+    from datagen.shapes import oracle, world
+    from model.loading import load_editor, resolve_device
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    triples = heldout_triples(cfg.oracle_num_scenes, cfg.seed)
+    inputs = [world.render(t.input_scene, size=image_size, seed=seed_from(cfg.seed, "render", i))
+              for i, t in enumerate(triples)]
+    seeds = [seed_from(cfg.seed, "edit", i) for i in range(len(triples))]
+    kinds = [t.edit_kind for t in triples]
+    dev = resolve_device(device)
+
+    def judge(outputs):
+        return [oracle.judge_pair(before, after, t.input_caption, t.output_caption)
+                for before, after, t in zip(inputs, outputs, triples)]
+
+    editor = load_editor(editor_model, device=device)
+    edited = edit_batch(editor, inputs, [t.instruction for t in triples], cfg.steps, cfg.oracle_text_guidance,
+                        cfg.oracle_image_guidance, cfg.seed, cfg.batch_size, seeds)
+    del editor
+    judged = {"editor": judge(edited), "identity": judge(inputs)}
+    if base_model:
+        sdedit = load_sdedit(base_model, dev)
+        sd_out = sdedit_batch(sdedit, inputs, [t.output_caption for t in triples], cfg.oracle_sdedit_strength,
+                              cfg.steps, cfg.oracle_text_guidance, seeds, cfg.batch_size)
+        judged["sdedit"] = judge(sd_out)
+    result = oracle_summary(kinds, judged)
+    result.update({
+        "editor": editor_model, "base_model": base_model, "image_size": image_size, "steps": cfg.steps,
+        "text_guidance_scale": cfg.oracle_text_guidance, "image_guidance_scale": cfg.oracle_image_guidance,
+        "sdedit_strength": cfg.oracle_sdedit_strength, "seed": cfg.seed, "device": str(dev),
+        "seconds": round(time.time() - started, 2),
+    })
+    _save_oracle_grid(inputs, edited, triples, out / "oracle_examples.png")
+    (out / ORACLE_FILE).write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _save_oracle_grid(inputs, edited, triples, path: Path, per_kind: int = 2) -> None:
+    """A few before/after pairs per edit kind, to look at beside the numbers."""
+    shown: dict[str, int] = defaultdict(int)
+    rows = []
+    for before, after, t in zip(inputs, edited, triples):
+        if shown[t.edit_kind] < per_kind:
+            shown[t.edit_kind] += 1
+            rows.append((before, after))
+    if not rows:
+        return
+    w, h = rows[0][0].size
+    grid = Image.new("RGB", (2 * w, h * len(rows)), "white")
+    for i, (a, b) in enumerate(rows):
+        grid.paste(a, (0, i * h))
+        grid.paste(b.resize((w, h)), (w, i * h))
+    grid.save(path)
+
+
+def base_model_of(editor_model: str, fallback: str) -> str:
+    """The base an editor was trained from (its editsynth_train.json), else ``fallback``."""
+    from datagen.shapes.models import resolve_model
+
+    try:
+        info = Path(resolve_model(editor_model, "editor")) / "editsynth_train.json"
+    except FileNotFoundError:
+        return fallback
+    if info.exists():
+        return json.loads(info.read_text()).get("base_model", fallback)
+    return fallback

@@ -1,0 +1,97 @@
+"""Evaluation: CLIP metrics, the guidance sweep (JSON + plot) against SDEdit, the shapes oracle."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+import editsynth_cli
+from model import evaluate as E
+from tests.model.train_helpers import shapes_pairs, write_shards
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_clip_metrics_match_a_direct_computation():
+    g = torch.Generator().manual_seed(0)
+    i_in, i_out, t_in, t_out = (torch.randn(5, 16, generator=g) for _ in range(4))
+    u = lambda x: x / x.norm(dim=-1, keepdim=True)  # noqa: E731
+    expected_image = torch.stack([torch.dot(u(a), u(b)) for a, b in zip(i_in, i_out)])
+    d_img, d_txt = u(i_out) - u(i_in), u(t_out) - u(t_in)
+    expected_dir = torch.nn.functional.cosine_similarity(d_img, d_txt, dim=-1)
+    torch.testing.assert_close(E.clip_image_similarity(i_in, i_out), expected_image)
+    torch.testing.assert_close(E.clip_directional_similarity(i_in, i_out, t_in, t_out), expected_dir)
+    # An edit that moves the image exactly along the text direction scores 1.
+    same = E.clip_directional_similarity(u(t_in), u(t_out), t_in, t_out)
+    torch.testing.assert_close(same, torch.ones(5))
+
+
+def test_eval_writes_the_sweep_json_and_plot_with_the_sdedit_baseline(tmp_path, tiny_editor_dir, tiny_sd_dir,
+                                                                     tiny_clip_dir):
+    write_shards(tmp_path / "data", shapes_pairs(4, seed=9), num_shards=1, split="test")
+    out = tmp_path / "eval"
+    rc = editsynth_cli.main([
+        "eval", "--editor", str(tiny_editor_dir), "--data", str(tmp_path / "data"), "--out", str(out),
+        "--base-model", str(tiny_sd_dir),
+        "--set", f"train.eval.clip_model=local-dir:{tiny_clip_dir}", "--set", "train.eval.clip_pretrained=",
+        "--set", "train.eval.num_examples=3", "--set", "train.eval.steps=2",
+        "--set", "train.eval.image_guidance_scales=[1.0,1.6,2.2]", "--set", "train.eval.sdedit_strengths=[0.5,0.9]",
+    ])
+    assert rc == 0
+    result = json.loads((out / E.SWEEP_FILE).read_text())
+    assert result["num_examples"] == 3 and result["split"] == "test" and result["text_guidance_scale"] == 7.5
+    assert [p["image_guidance_scale"] for p in result["editor_sweep"]] == [1.0, 1.6, 2.2]
+    assert [p["strength"] for p in result["sdedit"]] == [0.5, 0.9]
+    for p in result["editor_sweep"] + result["sdedit"]:
+        assert -1 <= p["clip_directional_similarity"] <= 1 and -1 <= p["clip_image_similarity"] <= 1
+    plot = Image.open(out / E.PLOT_FILE)
+    assert plot.format == "PNG" and plot.size[0] > 300
+    # Different settings give different edits (the sweep is not a constant).
+    sims = {round(p["clip_image_similarity"], 6) for p in result["editor_sweep"] + result["sdedit"]}
+    assert len(sims) > 1
+
+
+def test_oracle_eval_judges_editor_sdedit_and_identity_per_edit_kind(tmp_path, tiny_editor_dir, tiny_sd_dir):
+    from datagen.config import load_config
+    from datagen.shapes.grammar import EDIT_KINDS
+
+    cfg = load_config("shapes", ["train.eval.oracle_num_scenes=7", "train.eval.steps=2"]).train.eval
+    result = E.evaluate_oracle(str(tiny_editor_dir), cfg, tmp_path, base_model=str(tiny_sd_dir))
+    saved = json.loads((tmp_path / E.ORACLE_FILE).read_text())
+    assert saved == json.loads(json.dumps(result))
+    for key in ("edit_accuracy", "preservation", "sdedit_edit_accuracy", "sdedit_preservation",
+                "identity_edit_accuracy", "identity_preservation"):
+        assert 0.0 <= saved[key] <= 1.0
+    assert set(saved["by_edit_kind"]) == set(EDIT_KINDS)
+    assert all(v["n"] == 1 for v in saved["by_edit_kind"].values())
+    # Doing nothing keeps everything and makes no edit: the oracle sees exactly that on renders.
+    assert saved["identity_preservation"] == 1.0 and saved["identity_edit_accuracy"] == 0.0
+    assert (tmp_path / "oracle_examples.png").exists()
+
+
+def test_heldout_triples_are_balanced_and_never_from_training_seeds():
+    from datagen.shapes import grammar
+
+    triples = E.heldout_triples(14, seed=0)
+    kinds = [t.edit_kind for t in triples]
+    assert all(kinds.count(k) == 2 for k in grammar.EDIT_KINDS)
+    assert [t.instruction for t in E.heldout_triples(14, seed=0)] == [t.instruction for t in triples]
+
+
+def test_oracle_eval_of_a_missing_shipped_editor_says_how_to_get_one(tmp_path, monkeypatch):
+    from datagen.config import load_config
+    from datagen.shapes import models
+    from model.loading import EditorLoadError
+
+    monkeypatch.setattr(models, "SHIPPED_EDITOR", tmp_path / "nowhere")
+    cfg = load_config("shapes", ["train.eval.oracle_num_scenes=1"]).train.eval
+    with pytest.raises(EditorLoadError, match="shipped shapes editor"):
+        E.evaluate_oracle("shapes", cfg, tmp_path / "out", base_model=None)

@@ -1,0 +1,140 @@
+"""The editor set-up and objective: 8-channel init, conditioning dropout, what the UNet is fed."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from model import editor
+
+
+@pytest.fixture(scope="module")
+def tiny_parts(tiny_sd_dir):
+    return editor.load_parts(str(tiny_sd_dir))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # 2 shared cores: one torch thread avoids spin-waiting against the neighbours.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_widened_unet_with_zero_image_latent_gives_exactly_the_base_output(tiny_sd_dir, tiny_parts):
+    from diffusers import UNet2DConditionModel
+
+    base = UNet2DConditionModel.from_pretrained(tiny_sd_dir, subfolder="unet").eval()
+    wide = tiny_parts.unet.eval()
+    assert base.config.in_channels == 4 and wide.config.in_channels == 8
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 16, 16, generator=g)
+    t = torch.tensor([1, 400, 999])
+    text = torch.randn(3, 32, base.config.cross_attention_dim, generator=g)
+    with torch.no_grad():
+        expected = base(x, t, text).sample
+        got = wide(torch.cat([x, torch.zeros_like(x)], 1), t, text).sample
+    assert torch.equal(got, expected)
+    assert torch.equal(wide.conv_in.weight[:, :4], base.conv_in.weight)
+    assert torch.count_nonzero(wide.conv_in.weight[:, 4:]) == 0
+    # The new channels are live: training gives their zero weights a gradient.
+    wide(torch.cat([x, torch.randn_like(x)], 1), t, text).sample.square().mean().backward()
+    assert wide.conv_in.weight.grad[:, 4:].abs().sum() > 0
+    wide.zero_grad(set_to_none=True)
+
+
+def test_widening_an_existing_editor_keeps_it_as_it_is(tiny_parts):
+    unet = copy.deepcopy(tiny_parts.unet)
+    weight = unet.conv_in.weight.clone()
+    assert editor.widen_conv_in(unet) is unet
+    assert torch.equal(unet.conv_in.weight, weight)
+
+
+def test_conditioning_dropout_drops_five_percent_text_image_and_both():
+    draws = editor.draw_samples(list(range(40_000)), (1, 1, 1), 1000)
+    drop_text, drop_image = editor.dropout_masks(draws.u, 0.05, 0.05, 0.05)
+    n = len(draws.u)
+    text_only = (drop_text & ~drop_image).sum().item() / n
+    image_only = (drop_image & ~drop_text).sum().item() / n
+    both = (drop_text & drop_image).sum().item() / n
+    for share in (text_only, image_only, both):
+        assert share == pytest.approx(0.05, abs=0.006)   # 40k draws: sd 0.0011
+    assert (~drop_text & ~drop_image).sum().item() / n == pytest.approx(0.85, abs=0.01)
+
+
+def test_dropout_masks_follow_their_probabilities_when_they_differ():
+    u = torch.rand(100_000, generator=torch.Generator().manual_seed(1))
+    drop_text, drop_image = editor.dropout_masks(u, 0.1, 0.2, 0.0)
+    assert (drop_text & drop_image).sum() == 0
+    assert drop_text.float().mean().item() == pytest.approx(0.1, abs=0.005)
+    assert drop_image.float().mean().item() == pytest.approx(0.2, abs=0.005)
+
+
+class _Recorder(torch.nn.Module):
+    """Stands in for the UNet: records what the loss feeds it, predicts zeros."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.calls = []
+
+    def forward(self, sample, timestep, encoder_hidden_states):
+        from types import SimpleNamespace
+
+        self.calls.append((sample.detach(), timestep, encoder_hidden_states.detach()))
+        return SimpleNamespace(sample=sample[:, :4] * self.w)
+
+
+def _batch(parts, n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    instr = [f"make object {i} red" for i in range(n)]
+    return editor.LossInputs(torch.rand(n, 3, 32, 32, generator=g) * 2 - 1, torch.rand(n, 3, 32, 32, generator=g) * 2 - 1,
+                             editor.tokenize(parts.tokenizer, instr), list(range(1000, 1000 + n)))
+
+
+def test_the_unet_sees_unscaled_image_latent_mode_and_null_conditions_where_dropped(tiny_parts):
+    vae, te = editor.freeze(tiny_parts.vae), editor.freeze(tiny_parts.text_encoder)
+    null = editor.encode_text(te, tiny_parts.tokenizer, [""])
+    batch = _batch(tiny_parts)
+    rec = _Recorder()
+    # High dropout so that every case occurs in 64 samples.
+    editor.editor_loss(rec, vae, te, tiny_parts.noise_scheduler, null, batch, 0.2, 0.2, 0.2)
+    sample, _, text = rec.calls[0]
+    draws = editor.draw_samples(batch.seeds, (4, 16, 16), 1000)
+    drop_text, drop_image = editor.dropout_masks(draws.u, 0.2, 0.2, 0.2)
+    assert drop_text.any() and drop_image.any() and (~drop_text & ~drop_image).any()
+    with torch.no_grad():
+        mode = vae.encode(batch.original).latent_dist.mode()
+        texts = te(batch.input_ids)[0]
+    image_part = sample[:, 4:]
+    torch.testing.assert_close(image_part[~drop_image], mode[~drop_image], atol=1e-5, rtol=1e-5)
+    assert torch.count_nonzero(image_part[drop_image]) == 0
+    torch.testing.assert_close(text[drop_text], null.expand(int(drop_text.sum()), -1, -1), atol=1e-6, rtol=0)
+    torch.testing.assert_close(text[~drop_text], texts[~drop_text], atol=1e-5, rtol=1e-5)
+    # The noisy target: alpha * (scaled posterior sample) + sigma * noise.
+    with torch.no_grad():
+        post = vae.encode(batch.edited).latent_dist
+    target = (post.mean + post.std * draws.posterior_eps) * vae.config.scaling_factor
+    expected = tiny_parts.noise_scheduler.add_noise(target, draws.noise, draws.timesteps)
+    torch.testing.assert_close(sample[:, :4], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_a_samples_draws_do_not_depend_on_its_batch_mates(tiny_parts):
+    """What makes 2 workers x batch 4 train like 1 x batch 8: per-sample seeds, mean loss."""
+    vae, te = editor.freeze(tiny_parts.vae), editor.freeze(tiny_parts.text_encoder)
+    null = editor.encode_text(te, tiny_parts.tokenizer, [""])
+    unet = tiny_parts.unet.eval()
+    b = _batch(tiny_parts, n=8, seed=3)
+    halves = [editor.LossInputs(b.original[s], b.edited[s], b.input_ids[s], b.seeds[s])
+              for s in (slice(0, 4), slice(4, 8))]
+    with torch.no_grad():
+        whole = editor.editor_loss(unet, vae, te, tiny_parts.noise_scheduler, null, b, .05, .05, .05)
+        parts = [editor.editor_loss(unet, vae, te, tiny_parts.noise_scheduler, null, h, .05, .05, .05) for h in halves]
+    assert whole.item() == pytest.approx((parts[0].item() + parts[1].item()) / 2, rel=1e-5)
+
+
+def test_a_model_that_is_not_stable_diffusion_fails_with_a_clear_error(tmp_path):
+    with pytest.raises(editor.EditorLoadError, match="unet/"):
+        editor.load_parts(str(tmp_path))

@@ -1,0 +1,144 @@
+"""The training loop: loss falls, the output loads in diffusers, resume after SIGKILL, Ray Train."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from datagen.config import load_config
+from model import train as T
+from tests.model.train_helpers import shapes_pairs, tiny_train_overrides, write_shards
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # 2 shared cores: one torch thread avoids spin-waiting against the neighbours.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def pairs_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pairs")
+    write_shards(root, shapes_pairs(16, seed=0), num_shards=1)
+    return root
+
+
+def _overrides(tiny_sd_dir, pairs_dir, **extra) -> list[str]:
+    return tiny_train_overrides(**{"train.base_model": tiny_sd_dir, "train.data": pairs_dir, **extra})
+
+
+def _cfg(tiny_sd_dir, pairs_dir, **extra):
+    return load_config("shapes", _overrides(tiny_sd_dir, pairs_dir, **extra)).train
+
+
+def _unet_state(out: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+def test_loss_falls_on_a_small_fixed_set_and_diffusers_loads_the_editor(tmp_path, tiny_sd_dir, pairs_dir):
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+    from PIL import Image
+
+    cfg = _cfg(tiny_sd_dir, pairs_dir, **{
+        "train.max_steps": 200, "train.batch_size": 4, "train.checkpoint_every": 50, "train.keep_checkpoints": 2,
+        "train.log_every": 10, "train.num_sample_images": 2, "train.sample_every": 200, "train.sample_steps": 3})
+    result = T.train(cfg, tmp_path / "run")
+    assert result.steps == 200 and result.world_size == 1
+
+    losses = [row["loss"] for row in T.read_log(tmp_path / "run")]
+    assert len(losses) == 20
+    first, last = sum(losses[:3]) / 3, sum(losses[-5:]) / 5
+    assert last < 0.5 * first, losses
+    assert [p.name for p in T.list_checkpoints(tmp_path / "run")] == ["checkpoint-0000150", "checkpoint-0000200"]
+    assert (tmp_path / "run" / "logs" / "samples" / "step-0000200.png").exists()
+    info = json.loads((tmp_path / "run" / T.TRAIN_INFO_FILE).read_text())
+    assert info["steps"] == 200 and info["base_model"] == str(tiny_sd_dir) and info["effective_batch"] == 4
+    assert "| steps | 200 |" in (tmp_path / "run" / "README.md").read_text()
+
+    # A standard diffusers directory: diffusers alone loads and runs it.
+    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(tmp_path / "run", safety_checker=None)
+    assert pipe.unet.config.in_channels == 8
+    image = Image.new("RGB", (32, 32), "white")
+    out = pipe("make the background blue", image=image, num_inference_steps=2, output_type="np",
+               generator=torch.Generator().manual_seed(0)).images
+    assert out.shape == (1, 32, 32, 3) and torch.isfinite(torch.from_numpy(out)).all()
+
+
+def test_resume_after_sigkill_continues_with_the_same_data_and_state(tmp_path, tiny_sd_dir, pairs_dir):
+    extra = {"train.max_steps": 30, "train.checkpoint_every": 10, "train.keep_checkpoints": 5}
+    cmd = [sys.executable, str(REPO / "train_editor.py"), "--pipeline", "shapes", "--out", str(tmp_path / "killed")]
+    for item in _overrides(tiny_sd_dir, pairs_dir, **extra):
+        cmd += ["--set", item]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    first_ckpt = tmp_path / "killed" / "checkpoints" / "checkpoint-0000010"
+    while not first_ckpt.exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() < deadline, "no checkpoint within 120 s"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    proc.stderr.close()
+    killed_at = [p.name for p in T.list_checkpoints(tmp_path / "killed")]
+    assert killed_at and not (tmp_path / "killed" / "model_index.json").exists()  # died mid-run
+
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 30 and summary["resumed_from"] >= 10
+
+    # The uninterrupted run of the same command, in this process.
+    T.train(_cfg(tiny_sd_dir, pairs_dir, **extra), tmp_path / "straight")
+    resumed, straight = _unet_state(tmp_path / "killed"), _unet_state(tmp_path / "straight")
+    for name, w in straight.items():
+        torch.testing.assert_close(resumed[name], w, atol=1e-6, rtol=1e-5, msg=name)
+    log_resumed, log_straight = T.read_log(tmp_path / "killed"), T.read_log(tmp_path / "straight")
+    assert [r["step"] for r in log_resumed] == [r["step"] for r in log_straight]  # no step logged twice
+    for a, b in zip(log_resumed, log_straight):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
+def _relative_gap(a: dict, b: dict, start: dict) -> float:
+    """|a - b| over how far training moved the weights: scale-free 'same model' measure."""
+    diff = sum(((a[k] - b[k]).double() ** 2).sum() for k in a) ** 0.5
+    moved = sum(((a[k] - start[k]).double() ** 2).sum() for k in a) ** 0.5
+    return float(diff / moved)
+
+
+def test_two_ray_train_workers_train_the_same_model_as_one_process(tmp_path, tiny_sd_dir, pairs_dir, ray_local):
+    from diffusers import UNet2DConditionModel
+
+    from model.editor import widen_conv_in
+
+    extra = {"train.max_steps": 5, "train.checkpoint_every": 5, "train.log_every": 1, "train.use_ema": False}
+    one = T.train(_cfg(tiny_sd_dir, pairs_dir, **{**extra, "train.batch_size": 8}), tmp_path / "one")
+    two = T.train(_cfg(tiny_sd_dir, pairs_dir, **{**extra, "train.batch_size": 4}), tmp_path / "two",
+                  num_workers=2)
+    half = T.train(_cfg(tiny_sd_dir, pairs_dir, **{**extra, "train.batch_size": 4}), tmp_path / "half")
+    assert two.world_size == 2 and two.steps == 5
+    info = json.loads((tmp_path / "two" / T.TRAIN_INFO_FILE).read_text())
+    assert info["world_size"] == 2 and info["effective_batch"] == 8
+
+    start = {k: v for k, v in widen_conv_in(
+        UNet2DConditionModel.from_pretrained(tiny_sd_dir, subfolder="unet")).state_dict().items()}
+    w_one, w_two, w_half = (_unet_state(tmp_path / n) for n in ("one", "two", "half"))
+    assert _relative_gap(w_two, w_one, start) < 0.02
+    assert _relative_gap(w_half, w_one, start) > 0.2   # a different batch is a different model
+    for a, b in zip(T.read_log(tmp_path / "two"), T.read_log(tmp_path / "one")):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-3)
