@@ -235,7 +235,7 @@ def heldout_triples(n: int, seed: int = 0):
 
     rng = random.Random(-1 - seed)
     kinds = grammar.EDIT_KINDS
-    return [grammar.sample_triple(rng, kind=kinds[i % len(kinds)]) for i in range(n)]
+    return [grammar.sample_triple(rng, kind=kinds[i % len(kinds)], held_out=True) for i in range(n)]
 
 
 def _rates(judgements: list, idx: list[int]) -> tuple[float, float]:

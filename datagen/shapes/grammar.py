@@ -157,19 +157,24 @@ _TEMPLATES = {
 }
 
 
-def instruction(scene: Scene, edit: Edit, rng: random.Random) -> str:
+def templates(key: str, held_out: bool = False) -> list[str]:
+    """Training phrasings, or the one phrasing per kind reserved for evaluation (the last)."""
+    return _TEMPLATES[key][-1:] if held_out else _TEMPLATES[key][:-1]
+
+
+def instruction(scene: Scene, edit: Edit, rng: random.Random, held_out: bool = False) -> str:
+    """Phrase ``edit``; ``held_out=True`` uses only phrasings that training data never contains."""
     if edit.kind == "background":
-        return rng.choice(_TEMPLATES["background"]).format(value=edit.value)
+        return rng.choice(templates("background", held_out)).format(value=edit.value)
     if edit.kind == "add":
         obj = edit.new_object
-        return rng.choice(_TEMPLATES["add"]).format(obj=object_phrase(obj, with_slot=False),
-                                                     where=_SLOT_PHRASE[obj.slot])
+        return rng.choice(templates("add", held_out)).format(obj=object_phrase(obj, with_slot=False),
+                                                             where=_SLOT_PHRASE[obj.slot])
     target = scene.object_at(edit.slot)
     ref = rng.choice(referring_expressions(scene, target))
     key = f"resize_{edit.value}" if edit.kind == "resize" else edit.kind
-    value = {"middle": "middle"}.get(edit.value, edit.value)
     where = _SLOT_PHRASE.get(edit.value or "", "")
-    return rng.choice(_TEMPLATES[key]).format(ref=ref, value=value, colour=target.colour, where=where)
+    return rng.choice(templates(key, held_out)).format(ref=ref, value=edit.value, colour=target.colour, where=where)
 
 
 @dataclass(frozen=True)
@@ -184,12 +189,16 @@ class ShapesTriple:
 
 
 def sample_triple(rng: random.Random, kind: str | None = None, min_objects: int = 1,
-                  max_objects: int = 3) -> ShapesTriple:
-    """A random scene, a random edit of it, and the (input caption, instruction, output caption)."""
+                  max_objects: int = 3, held_out: bool = False) -> ShapesTriple:
+    """A random scene, a random edit of it, and the (input caption, instruction, output caption).
+
+    ``held_out=True`` phrases the instruction with the evaluation-only phrasings.
+    """
     while True:
         scene = sample_scene(rng, min_objects, max_objects)
         if kind is None or kind in possible_kinds(scene):
             break
     edit = sample_edit(scene, rng, kind)
     out = apply_edit(scene, edit)
-    return ShapesTriple(scene, out, edit, edit.kind, caption(scene), instruction(scene, edit, rng), caption(out))
+    return ShapesTriple(scene, out, edit, edit.kind, caption(scene), instruction(scene, edit, rng, held_out),
+                        caption(out))

@@ -51,3 +51,22 @@ def test_parse_rejects_text_outside_the_grammar():
         grammar.parse_caption("a photo of a cat on a sofa")
     with pytest.raises(grammar.CaptionParseError):
         grammar.parse_caption("a small red circle on the left and a large blue square on the left, white background")
+
+
+def _matches_any(text, templates):
+    import re
+
+    return any(re.fullmatch(re.sub(r"\\{\w+\\}", ".+", re.escape(t)), text) for t in templates)
+
+
+@pytest.mark.parametrize("kind", grammar.EDIT_KINDS)
+def test_held_out_phrasings_never_appear_in_training_triples(kind):
+    keys = ["resize_large", "resize_small"] if kind == "resize" else [kind]
+    train_templates = [t for k in keys for t in grammar.templates(k)]
+    held_templates = [t for k in keys for t in grammar.templates(k, held_out=True)]
+    rng = random.Random(7)
+    for _ in range(100):
+        train = grammar.sample_triple(rng, kind=kind).instruction
+        held = grammar.sample_triple(rng, kind=kind, held_out=True).instruction
+        assert _matches_any(train, train_templates) and not _matches_any(train, held_templates)
+        assert _matches_any(held, held_templates)
