@@ -1,0 +1,1 @@
+"""Stage 3: CLIP scoring, selection, threshold audit and dataset export."""

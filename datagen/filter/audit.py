@@ -1,0 +1,295 @@
+"""The threshold audit of a run: every figure the report shows, computed from stored scores.
+
+``audit_run`` reads the filter shards (never the GPU), computes the numbers below into
+``report/audit.json``, renders ``report/audit.html`` (audit_html.py) and, when shapes-world
+oracle judgements exist, updates ``report/oracle.json``:
+  - summary counts and per-metric distributions; failures by reason;
+  - threshold sweeps: pass rate and pairs kept as each threshold moves, the others fixed;
+  - the marginal effect of each threshold (pairs it alone removes);
+  - a min_direction x min_image grid of pairs kept;
+  - breakdowns by edit kind and by the instruction's first word;
+  - against each label source (human labels file, shapes oracle): precision, recall and F1
+    of the filter per setting, the best-F1 setting and the best setting at a target precision.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from datagen.store import RunStore
+
+from .labels import DEFAULT_LABELS, load_labels
+from .metrics import METRICS
+from .oracle import oracle_summary, write_oracle_json
+from .selection import THRESHOLD_METRIC, Selector, Thresholds
+from .table import STAGE, load_run_config, read_oracle, read_scores, read_selection_info
+
+log = logging.getLogger(__name__)
+
+GRID_ROWS, GRID_COLS = "min_direction", "min_image"
+OFF = -np.inf   # a threshold that removes nothing
+
+
+def _r(x: float | None, nd: int = 6) -> float | None:
+    return None if x is None or not np.isfinite(x) else round(float(x), nd)
+
+
+def _thresholds_in_effect(cfg, store: RunStore) -> tuple[Thresholds, int, list[str]]:
+    """The thresholds of the current selection (refilter may have changed them), else the config's."""
+    info = read_selection_info(store)
+    if info.get("thresholds"):
+        return Thresholds(**info["thresholds"]), int(info["max_pairs_per_triple"]), info.get("overrides", [])
+    return Thresholds.from_config(cfg.filter), cfg.filter.max_pairs_per_triple, []
+
+
+def sample_by_triple(scores: pd.DataFrame, max_rows: int, seed: int = 0) -> pd.DataFrame:
+    """Whole triples at random until about ``max_rows`` rows (top-k needs whole triples)."""
+    if len(scores) <= max_rows:
+        return scores
+    triples = scores["triple_id"].unique()
+    rng = np.random.default_rng(seed)
+    per_triple = len(scores) / len(triples)
+    keep = set(rng.choice(triples, size=max(1, int(max_rows / per_triple)), replace=False))
+    return scores[scores["triple_id"].isin(keep)].reset_index(drop=True)
+
+
+def instruction_keyword(instruction: str) -> str:
+    words = re.findall(r"[a-z']+", str(instruction).lower())
+    return words[0] if words else "(none)"
+
+
+def sweep_values(values: np.ndarray, current: float, n: int) -> list[float]:
+    """``n`` threshold values spanning the metric's range (1st-99th percentile) and the current value."""
+    values = values[np.isfinite(values)]
+    lo, hi = (np.quantile(values, [0.01, 0.99]) if len(values) else (current - 0.2, current + 0.2))
+    lo, hi = min(lo, current - 0.05), max(hi, current + 0.05)
+    return sorted({round(float(v), 4) for v in np.linspace(lo, hi, n)} | {round(current, 4)})
+
+
+def prf(pred: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+    tp = int((pred & truth).sum())
+    p = tp / pred.sum() if pred.sum() else None
+    r = tp / truth.sum() if truth.sum() else None
+    f1 = 2 * p * r / (p + r) if p and r else (0.0 if p is not None and r is not None else None)
+    return {"selected": int(pred.sum()), "precision": _r(p), "recall": _r(r), "f1": _r(f1)}
+
+
+class Audit:
+    """The audit numbers of one scores table under one setting (thresholds, top-k)."""
+
+    def __init__(self, scores: pd.DataFrame, t: Thresholds, max_pairs: int, keep: Thresholds | None = None):
+        self.scores, self.t, self.k, self.keep = scores, t, max_pairs, keep
+        self.selector = Selector(scores)
+        self.ok = np.asarray(scores["status"] == "ok", dtype=bool)
+        self.values = {m: scores[m].to_numpy(dtype=float) for m in METRICS}
+        self.passing = self.passes(t)
+        self.selected = self.selector.select(t, max_pairs, self.passing)
+
+    def passes(self, t: Thresholds) -> np.ndarray:
+        """selection.passes() on cached columns (the grids call it thousands of times)."""
+        mask = self.ok.copy()
+        for name, metric in THRESHOLD_METRIC.items():
+            mask &= self.values[metric] >= getattr(t, name)
+        return mask
+
+    def select(self, t: Thresholds) -> np.ndarray:
+        return self.selector.select(t, self.k, self.passes(t))
+
+    def summary(self) -> dict[str, int]:
+        s = self.scores
+        chosen = self.selected
+        return {
+            "candidates": int(len(s)), "scored": int(self.ok.sum()), "failed": int((~self.ok).sum()),
+            "images_kept": int(s["images_kept"].astype(bool).sum()), "passing": int(self.passing.sum()),
+            "selected": int(chosen.sum()), "triples": int(s["triple_id"].nunique()),
+            "triples_with_pairs": int(s.loc[chosen, "triple_id"].nunique()),
+            "selected_without_images": int((chosen & ~s["images_kept"].astype(bool).to_numpy()).sum()),
+        }
+
+    def distributions(self) -> dict[str, dict[str, float | None]]:
+        out = {}
+        for m, v in self.values.items():
+            v = v[self.ok & np.isfinite(v)]
+            q = np.quantile(v, [0.1, 0.5, 0.9]) if len(v) else [np.nan] * 3
+            out[m] = {"mean": _r(v.mean()) if len(v) else None, "p10": _r(q[0]), "median": _r(q[1]),
+                      "p90": _r(q[2]), "min": _r(v.min()) if len(v) else None, "max": _r(v.max()) if len(v) else None}
+        return out
+
+    def sweeps(self, n: int = 21) -> dict[str, list[dict[str, float]]]:
+        """Per threshold: pass rate of it alone, pass rate of all, pairs kept, as it moves."""
+        scored = max(1, int(self.ok.sum()))
+        out = {}
+        for name, metric in THRESHOLD_METRIC.items():
+            rows = []
+            for value in sweep_values(self.values[metric][self.ok], getattr(self.t, name), n):
+                t = self.t.replace(**{name: value})
+                mask = self.passes(t)
+                rows.append({"value": value,
+                             "pass_rate_alone": _r((self.ok & (self.values[metric] >= value)).sum() / scored),
+                             "pass_rate": _r(mask.sum() / scored),
+                             "pairs_kept": int(self.selector.select(t, self.k, mask).sum())})
+            out[name] = rows
+        return out
+
+    def marginal(self) -> dict[str, dict[str, int]]:
+        """What each threshold does on top of the others."""
+        others_pass = {}
+        out = {}
+        for name, metric in THRESHOLD_METRIC.items():
+            without = self.t.replace(**{name: OFF})
+            others_pass[name] = self.passes(without)
+            out[name] = {
+                "pairs_kept": int(self.selected.sum()),
+                "pairs_kept_without": int(self.selector.select(without, self.k, others_pass[name]).sum()),
+                "removed_only_by_this": int((others_pass[name] & ~self.passing).sum()),
+            }
+            out[name]["pairs_removed"] = out[name]["pairs_kept_without"] - out[name]["pairs_kept"]
+        return out
+
+    def grid(self, n: int = 6) -> dict[str, Any]:
+        """Pairs kept and pass rate over a grid of (min_direction, min_image)."""
+        def axis(name):
+            v = self.values[THRESHOLD_METRIC[name]][self.ok]
+            cur = getattr(self.t, name)
+            qs = np.quantile(v, np.linspace(0.05, 0.8, n - 1)) if len(v) else []
+            return sorted({round(float(x), 3) for x in qs} | {round(cur, 3)})
+
+        rows, cols = axis(GRID_ROWS), axis(GRID_COLS)
+        scored = max(1, int(self.ok.sum()))
+        kept, rate = [], []
+        for rv in rows:
+            kept.append([])
+            rate.append([])
+            for cv in cols:
+                t = self.t.replace(**{GRID_ROWS: rv, GRID_COLS: cv})
+                mask = self.passes(t)
+                kept[-1].append(int(self.selector.select(t, self.k, mask).sum()))
+                rate[-1].append(_r(mask.sum() / scored, 4))
+        return {"rows": GRID_ROWS, "cols": GRID_COLS, "row_values": rows, "col_values": cols,
+                "pairs_kept": kept, "pass_rate": rate}
+
+    def breakdown(self, by: pd.Series, correct: pd.Series | None = None) -> list[dict[str, Any]]:
+        df = self.scores.assign(_group=by.to_numpy(), _pass=self.passing, _sel=self.selected, _ok=self.ok)
+        if correct is not None:
+            df = df.assign(_correct=df["candidate_id"].map(correct))
+        out = []
+        for group, g in df.groupby("_group", sort=True):
+            scored = int(g["_ok"].sum())
+            row = {"group": str(group) or "(none)", "candidates": int(len(g)), "scored": scored,
+                   "pass_rate": _r(g["_pass"].sum() / scored, 4) if scored else None,
+                   "selected": int(g["_sel"].sum()),
+                   **{f"mean_{m}": _r(g.loc[g["_ok"], m].mean(), 4) for m in METRICS}}
+            if correct is not None:
+                lab = g.dropna(subset=["_correct"])
+                row["correct_rate"] = _r(lab["_correct"].astype(bool).mean(), 4) if len(lab) else None
+                sel = lab[lab["_sel"]]
+                row["correct_rate_kept"] = _r(sel["_correct"].astype(bool).mean(), 4) if len(sel) else None
+            out.append(row)
+        return out
+
+    def against_labels(self, labels: pd.Series, target_precision: float, n_sweep: int = 21,
+                       grid_quantiles=(0.1, 0.25, 0.5, 0.75, 0.9)) -> dict[str, Any]:
+        """Precision/recall/F1 of the filter against ``labels`` (True = good) per setting."""
+        idx = self.scores["candidate_id"].map(labels)
+        has = idx.notna().to_numpy()
+        truth = idx[has].astype(bool).to_numpy()
+        out: dict[str, Any] = {"labelled": int(has.sum()), "positives": int(truth.sum()),
+                               "current": prf(self.selected[has], truth), "target_precision": target_precision}
+        # Candidate settings: the current one, each sweep, and a joint grid where each threshold
+        # is off or at a quantile of its metric; best F1 and best-at-target come from all of them.
+        settings = [{"thresholds": self.t.as_dict(), **out["current"]}]
+        out["sweeps"] = {}
+        for name, metric in THRESHOLD_METRIC.items():
+            rows = []
+            for v in sweep_values(self.values[metric][self.ok], getattr(self.t, name), n_sweep):
+                t = self.t.replace(**{name: v})
+                rows.append({"value": v, **prf(self.select(t)[has], truth)})
+                settings.append({"thresholds": t.as_dict(), **{k: rows[-1][k] for k in ("selected", "precision", "recall", "f1")}})
+            out["sweeps"][name] = rows
+        axes = {name: [OFF] + sorted({round(float(q), 4) for q in np.quantile(self.values[m][self.ok], grid_quantiles)})
+                for name, m in THRESHOLD_METRIC.items()} if self.ok.any() else {n: [OFF] for n in THRESHOLD_METRIC}
+        for combo in itertools.product(*axes.values()):
+            t = Thresholds(**dict(zip(axes, combo)))
+            settings.append({"thresholds": {k: (None if v == OFF else v) for k, v in t.as_dict().items()},
+                             **prf(self.select(t)[has], truth)})
+        out["settings_searched"] = len(settings)
+        scored = [s for s in settings if s["f1"] is not None]
+        out["best_f1"] = max(scored, key=lambda s: (s["f1"], s["precision"] or 0)) if scored else None
+        meeting = [s for s in settings if s["precision"] is not None and s["precision"] >= target_precision]
+        out["at_target_precision"] = max(meeting, key=lambda s: (s["recall"] or 0, s["selected"])) if meeting else None
+        return out
+
+
+def label_sources(store: RunStore, labels_path: str | Path | None) -> dict[str, pd.Series]:
+    """Label Series by source name: the human labels file (if any) and the shapes oracle (if any)."""
+    sources = {}
+    path = Path(labels_path) if labels_path else store.root / DEFAULT_LABELS
+    if labels_path or path.exists():
+        sources["human"] = load_labels(path)
+    judged = read_oracle(store)
+    if judged is not None:
+        sources["oracle"] = judged.set_index("candidate_id")["correct"].astype(bool)
+    return sources
+
+
+def audit_run(run: str | Path, labels_path: str | Path | None = None, target_precision: float = 0.9,
+              max_rows: int = 200_000, images_per_side: int = 6, seed: int = 0) -> dict[str, Any]:
+    """Compute the audit of ``run``, write report/audit.json + audit.html (+ oracle.json)."""
+    import json
+
+    from .audit_html import render_report
+
+    store = RunStore(run)
+    if not store.done_shards(STAGE):
+        from .table import RunError
+
+        raise RunError(f"{store.root}/filter has no done shards: run the filter stage first")
+    cfg = load_run_config(run)
+    t, k, overrides = _thresholds_in_effect(cfg, store)
+    keep = Thresholds.keep_bound(cfg.filter)
+    all_scores = read_scores(store)
+    scores = sample_by_triple(all_scores, max_rows, seed)
+    audit = Audit(scores, t, k, keep)
+    sources = label_sources(store, labels_path)
+    oracle_labels = sources.get("oracle")
+
+    failures: dict[str, int] = {}
+    shard_errors = []
+    for st in store.read_stats(STAGE):
+        for reason, n in st.rejections.items():
+            failures[reason] = failures.get(reason, 0) + n
+        if st.extra.get("shard_error"):
+            shard_errors.append({"shard": st.shard, "error": st.extra["shard_error"]})
+    correct_for_breakdown = sources.get("oracle", sources.get("human"))
+    numbers: dict[str, Any] = {
+        "run": str(store.root), "thresholds": t.as_dict(), "max_pairs_per_triple": k, "keep_bound": keep.as_dict(),
+        "overrides": overrides, "clip_model": cfg.filter.clip_model,
+        "rows_total": int(len(all_scores)), "rows_used": int(len(scores)), "sampled": len(scores) < len(all_scores),
+        "summary": audit.summary(), "metrics": audit.distributions(), "failures": failures,
+        "shard_errors": shard_errors, "sweeps": audit.sweeps(), "marginal": audit.marginal(), "grid": audit.grid(),
+        "breakdown": {
+            "edit_kind": audit.breakdown(scores["edit_kind"].fillna(""), correct_for_breakdown),
+            "keyword": audit.breakdown(scores["instruction"].map(instruction_keyword), correct_for_breakdown)},
+        "labels": {name: audit.against_labels(lab, target_precision) for name, lab in sources.items()},
+    }
+    report = store.root / "report"
+    report.mkdir(parents=True, exist_ok=True)
+    if oracle_labels is not None:
+        judged = read_oracle(store)
+        values = oracle_summary(scores, judged, audit.selected)
+        numbers["oracle"] = values
+        numbers["oracle_file"] = str(write_oracle_json(run, values))
+    with store.atomic_path(report / "audit.json") as tmp:
+        tmp.write_text(json.dumps(numbers, indent=1, sort_keys=True, default=str))
+    html = render_report(store, audit, numbers, sources, images_per_side)
+    with store.atomic_path(report / "audit.html") as tmp:
+        tmp.write_text(html, encoding="utf-8")
+    numbers["html"] = str(report / "audit.html")
+    log.info("audit of %s: %s", run, report / "audit.html")
+    return numbers
