@@ -1,0 +1,209 @@
+"""The candidate renderer: a chunk of CandidateSpecs of some triples -> Candidates with image bytes.
+
+Encodes the chunk's captions once (truncated to the text encoder's window), aligns each
+triple's captions (cross mode), runs the batched two-branch sampler (sampler.py), decodes each
+distinct final latent once, and writes PNG (lossless) or quality-100 JPEG bytes.
+"""
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from datagen.config import RenderConfig
+from datagen.records import Candidate, CandidateSpec, Triple
+
+from .alignment import align_captions, caption_tokens
+from .attention import P2P_SELF_MAX_TOKENS, attention_steps, install
+from .loading import LoadedPipeline
+from .sampler import CandidatePlan, SampleResult, SharingRules, TextTable, sample
+
+
+@dataclass
+class RenderedCandidate:
+    candidate: Candidate
+    images: dict[str, bytes] = field(default_factory=dict)   # "input.png" / "edited.png"; empty if failed
+
+
+@dataclass
+class RenderCounters:
+    """What a chunk cost; summed over a shard into its stats."""
+
+    candidates: int = 0
+    failed: int = 0
+    unet_calls: int = 0
+    unet_rows: int = 0
+    unet_rows_unshared: int = 0    # what one-candidate-at-a-time rendering would have run
+    seconds_text: float = 0.0
+    seconds_sampling: float = 0.0
+    seconds_unet: float = 0.0
+    seconds_decode: float = 0.0
+    seconds_images: float = 0.0
+
+    def add(self, other: "RenderCounters") -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+def sharing_rules(mode: str) -> SharingRules:
+    if mode == "cross":
+        return SharingRules(uncond_shares=False, self_max_tokens=P2P_SELF_MAX_TOKENS)
+    return SharingRules(uncond_shares=True, self_max_tokens=None)
+
+
+def encode_image(pixels: np.ndarray, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    img = Image.fromarray(pixels)
+    if fmt == "png":
+        img.save(buf, format="PNG")
+    else:
+        img.save(buf, format="JPEG", quality=100, subsampling=0)
+    return buf.getvalue()
+
+
+class CandidateRenderer:
+    """Renders candidates with one loaded pipeline (attention processors installed once)."""
+
+    decode_batch = 8
+
+    def __init__(self, loaded: LoadedPipeline, cfg: RenderConfig):
+        self.loaded, self.cfg = loaded, cfg
+        pipe = loaded.pipe
+        self.unet, self.vae, self.tokenizer, self.text_encoder = pipe.unet, pipe.vae, pipe.tokenizer, pipe.text_encoder
+        self.control = install(self.unet)
+        self.rules = sharing_rules(cfg.mode)
+        factor = pipe.vae_scale_factor
+        self.height = cfg.height or self.unet.config.sample_size * factor
+        self.width = cfg.width or self.unet.config.sample_size * factor
+        down = 2 ** (len(self.unet.config.down_block_types) - 1)
+        if self.height % (factor * down) or self.width % (factor * down):
+            raise ValueError(
+                f"render size {self.height}x{self.width} must be a multiple of {factor * down} for this model")
+        self.latent_shape = (self.unet.config.in_channels, self.height // factor, self.width // factor)
+
+    # --- text -----------------------------------------------------------------------------
+    def is_truncated(self, caption: str) -> bool:
+        return caption_tokens(self.tokenizer, caption)[1]
+
+    @torch.no_grad()
+    def encode_captions(self, captions: list[str]) -> torch.Tensor:
+        """(len, S, D) encodings as Stable Diffusion's pipeline makes them, truncated to the window."""
+        ids = self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt")
+        mask = None
+        if getattr(self.text_encoder.config, "use_attention_mask", False):
+            mask = ids.attention_mask.to(self.loaded.device)
+        out = self.text_encoder(ids.input_ids.to(self.loaded.device), attention_mask=mask)[0]
+        return out.to(self.unet.dtype)
+
+    # --- sampling ---------------------------------------------------------------------------
+    def sample_chunk(self, triples: dict[str, Triple], specs: list[CandidateSpec],
+                     counters: RenderCounters | None = None) -> SampleResult:
+        """Final latents of a chunk (no decoding): the part the reference is checked against."""
+        counters = counters if counters is not None else RenderCounters()
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        captions = [""]
+        text_row: dict[str, int] = {"": 0}
+        align_row: dict[str, int] = {}
+        value_maps, own_scales = [], []
+        for spec in specs:
+            if spec.mode != cfg.mode:
+                raise ValueError(f"candidate {spec.candidate_id} has mode {spec.mode!r}; "
+                                 f"this renderer renders {cfg.mode!r}")
+            t = triples[spec.triple_id]
+            for c in (t.input_caption, t.output_caption):
+                if c not in text_row:
+                    text_row[c] = len(captions)
+                    captions.append(c)
+            if spec.mode == "cross" and spec.triple_id not in align_row:
+                al = align_captions(self.tokenizer, t.input_caption, t.output_caption)
+                e = al.reweight(cfg.cross_reweight)
+                align_row[spec.triple_id] = len(value_maps)
+                value_maps.append(al.mapper * e[None, :])
+                own_scales.append((1 - al.alphas) * e)
+        dev = self.loaded.device
+        text = TextTable(self.encode_captions(captions),
+                         torch.stack(value_maps).to(dev) if value_maps else None,
+                         torch.stack(own_scales).to(dev) if own_scales else None)
+        counters.seconds_text += time.perf_counter() - t0
+
+        scheduler = type(self.loaded.pipe.scheduler).from_config(self.loaded.pipe.scheduler.config)
+        scheduler.set_timesteps(cfg.steps)
+        evaluations = len(scheduler.timesteps)   # = steps, except for multi-evaluation samplers (Heun)
+        plans = []
+        for spec in specs:
+            t = triples[spec.triple_id]
+            self_steps, cross_steps = attention_steps(spec.mode, spec.p, evaluations, cfg.self_replace_fraction,
+                                                      cfg.cross_replace_fraction)
+            plans.append(CandidatePlan(seed=spec.seed, cfg_scale=spec.cfg_scale, source_text=text_row[t.input_caption],
+                                       edited_text=text_row[t.output_caption], self_steps=self_steps,
+                                       cross_steps=cross_steps, alignment=align_row.get(spec.triple_id, -1)))
+        t0 = time.perf_counter()
+        result = sample(self.unet, scheduler, self.control, plans, text, self.rules, cfg.steps, self.latent_shape)
+        counters.seconds_sampling += time.perf_counter() - t0
+        counters.seconds_unet += result.unet_seconds
+        counters.unet_calls += result.unet_calls
+        counters.unet_rows += result.unet_rows
+        counters.unet_rows_unshared += 4 * evaluations * len(specs)
+        return result
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """(n, H, W, 3) uint8 images; NaN pixels become 0 (callers check ``decode_finite``)."""
+        vae = self.vae
+        out = []
+        for i in range(0, len(latents), self.decode_batch):
+            z = latents[i:i + self.decode_batch] / vae.config.scaling_factor
+            if getattr(vae.config, "shift_factor", None):
+                z = z + vae.config.shift_factor
+            x = vae.decode(z.to(vae.dtype)).sample.float()
+            out.append(x)
+        x = torch.cat(out)
+        self.decode_finite = torch.isfinite(x).flatten(1).all(dim=1).cpu()
+        x = torch.nan_to_num((x / 2 + 0.5).clamp(0, 1), nan=0.0)
+        return (x.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+
+    def render_chunk(self, triples: dict[str, Triple], specs: list[CandidateSpec],
+                     counters: RenderCounters | None = None) -> list[RenderedCandidate]:
+        counters = counters if counters is not None else RenderCounters()
+        result = self.sample_chunk(triples, specs, counters)
+        failures = dict(result.failures)
+
+        t0 = time.perf_counter()
+        # Decode each distinct final latent once: sources, then the edited rows' representatives.
+        twins = sorted({result.edited_twin[c] for c in range(len(specs)) if c not in failures})
+        pixels = self.decode(torch.cat([result.source_latents, result.edited_latents[twins]]))
+        finite = self.decode_finite
+        n_src = len(result.source_latents)
+        twin_pos = {c: n_src + j for j, c in enumerate(twins)}
+        counters.seconds_decode += time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        fmt = self.cfg.image_format
+        rendered = []
+        for c, spec in enumerate(specs):
+            src, edit = result.source_of[c], twin_pos.get(result.edited_twin[c])
+            if c not in failures and not (finite[src] and finite[edit]):
+                failures[c] = "non-finite pixels after VAE decoding"
+            t = triples[spec.triple_id]
+            cand = Candidate(
+                candidate_id=spec.candidate_id, triple_id=spec.triple_id, index=spec.index, seed=spec.seed,
+                p=spec.p, cfg_scale=spec.cfg_scale, mode=spec.mode, steps=self.cfg.steps,
+                model_id=self.loaded.model_id, input_caption=t.input_caption, instruction=t.instruction,
+                output_caption=t.output_caption, edit_kind=t.edit_kind, image_format=fmt)
+            images = {}
+            if c in failures:
+                cand.status, cand.failure_reason = "failed", failures[c]
+            else:
+                images = {f"input.{fmt}": encode_image(pixels[src], fmt),
+                          f"edited.{fmt}": encode_image(pixels[edit], fmt)}
+            rendered.append(RenderedCandidate(cand, images))
+        counters.seconds_images += time.perf_counter() - t0
+        counters.candidates += len(specs)
+        counters.failed += len(failures)
+        return rendered

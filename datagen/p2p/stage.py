@@ -1,0 +1,166 @@
+"""Stage 2 on the run store: render shard i from the done captions shard i (datagen/run.py protocol).
+
+Reads ``captions/captions-<i>.parquet`` (Triple rows) and writes
+- ``render/render-<i>.tar``: webdataset samples ``<candidate_id>.input.<ext>``,
+  ``<candidate_id>.edited.<ext>``, ``<candidate_id>.json`` (ok candidates only);
+- ``render/render-<i>.parquet``: one Candidate row per candidate, failed ones included;
+- ``render/render-<i>.stats.json`` LAST (the done marker): counts, failures, truncated
+  captions, timings, and the UNet rows the batching and sharing saved.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+import pyarrow as pa
+
+from datagen.config import PipelineConfig
+from datagen.records import Candidate, ShardStats, Triple
+from datagen.store import RunStore
+
+from .loading import load_pipeline
+from .render import CandidateRenderer, RenderCounters, RenderedCandidate
+from .specs import chunk, shard_specs
+
+log = logging.getLogger(__name__)
+
+STAGE = "render"
+INPUT_STAGE = "captions"
+
+# Explicit, so that a shard whose candidates all failed or that has no triples still has columns.
+_ARROW = {"str": pa.string(), "int": pa.int64(), "float": pa.float64()}
+CANDIDATE_SCHEMA = pa.schema([(f.name, _ARROW[f.type]) for f in dataclasses.fields(Candidate)])
+
+
+def plan_shards(cfg: PipelineConfig, store: RunStore) -> list[int]:
+    """One render shard per done captions shard."""
+    return store.done_shards(INPUT_STAGE)
+
+
+def read_triples(store: RunStore, shard: int) -> list[Triple]:
+    return [Triple.from_row(r) for r in store.read_table(INPUT_STAGE, shard)]
+
+
+def set_cpu_threads(cfg: PipelineConfig, device) -> None:
+    """CPU results depend on the thread count: fix it from the config so render-one matches."""
+    import torch
+
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, int(cfg.render.resources.num_cpus)))
+
+
+def build_renderer(cfg: PipelineConfig) -> CandidateRenderer:
+    rc = cfg.render
+    loaded = load_pipeline(rc.model, rc.scheduler, rc.device, rc.dtype)
+    set_cpu_threads(cfg, loaded.device)
+    return CandidateRenderer(loaded, rc)
+
+
+def render_shard(renderer: CandidateRenderer, cfg: PipelineConfig, triples: list[Triple],
+                 counters: RenderCounters) -> list[RenderedCandidate]:
+    """Every candidate of the triples, chunk by chunk, in shard order."""
+    by_id = {t.triple_id: t for t in triples}
+    rendered: list[RenderedCandidate] = []
+    for specs in chunk(shard_specs(cfg.seed, triples, cfg.render), cfg.render.resources.batch_size):
+        rendered.extend(renderer.render_chunk(by_id, specs, counters))
+    return rendered
+
+
+def sample_of(r: RenderedCandidate) -> dict[str, bytes]:
+    row = json.dumps(r.candidate.to_row(), sort_keys=True).encode()
+    return {"__key__": r.candidate.candidate_id, **r.images, "json": row}
+
+
+class Worker:
+    """One per Ray actor: loads the pipeline once, then renders shards."""
+
+    def __init__(self, cfg: PipelineConfig, out: str):
+        self.cfg, self.store = cfg, RunStore(out)
+        self.renderer = build_renderer(cfg)
+
+    def _clear_partial(self, shard: int) -> None:
+        """Remove temp files a killed run left for this shard (atomic writes never finished)."""
+        d = self.store.stage_dir(STAGE)
+        for tmp in d.glob(f".{STAGE}-{shard:05d}.*.tmp") if d.exists() else []:
+            tmp.unlink(missing_ok=True)
+
+    def process_shard(self, shard: int) -> ShardStats:
+        t0 = time.perf_counter()
+        self._clear_partial(shard)
+        triples = read_triples(self.store, shard)
+        truncated = sum(self.renderer.is_truncated(c) for t in triples for c in (t.input_caption, t.output_caption))
+        counters = RenderCounters()
+        rendered = render_shard(self.renderer, self.cfg, triples, counters)
+        ok = [r for r in rendered if r.candidate.status == "ok"]
+        self.store.write_tar(STAGE, shard, (sample_of(r) for r in ok))
+        self.store.write_table(STAGE, shard, [r.candidate.to_row() for r in rendered], schema=CANDIDATE_SCHEMA)
+        failures: dict[str, int] = {}
+        for r in rendered:
+            if r.candidate.status != "ok":
+                reason = r.candidate.failure_reason.split(" at step")[0]
+                failures[reason] = failures.get(reason, 0) + 1
+        extra = {name: round(v, 4) if isinstance(v, float) else v for name, v in vars(counters).items()}
+        extra.update(triples=len(triples), truncated_captions=truncated, device=str(self.renderer.loaded.device),
+                     dtype=str(self.renderer.loaded.dtype).replace("torch.", ""), model_id=self.cfg.render.model,
+                     unet_row_saving=round(1 - counters.unet_rows / max(counters.unet_rows_unshared, 1), 4))
+        stats = ShardStats(stage=STAGE, shard=shard, count_in=len(triples), count_out=len(ok),
+                           seconds=round(time.perf_counter() - t0, 3), rejections=failures, extra=extra)
+        self.store.write_stats(stats)
+        log.info("render shard %d: %d triples -> %d ok / %d candidates in %.1fs", shard, len(triples), len(ok),
+                 len(rendered), stats.seconds)
+        return stats
+
+
+def finalize(cfg: PipelineConfig, store: RunStore) -> dict:
+    """Run-level totals of the render stage (beside the store's summary.json)."""
+    stats = store.read_stats(STAGE)
+    total = {k: sum(s.extra.get(k, 0) for s in stats)
+             for k in ("candidates", "failed", "truncated_captions", "unet_rows", "unet_rows_unshared")}
+    total["unet_row_saving"] = round(1 - total["unet_rows"] / max(total["unet_rows_unshared"], 1), 4)
+    path = Path(store.stage_dir(STAGE)) / "render-totals.json"
+    with store.atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(total, indent=1, sort_keys=True))
+    return total
+
+
+# --- one candidate again: the exact chunk it was rendered in ---------------------------------
+def load_run_config(run: str | Path) -> PipelineConfig:
+    path = Path(run) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no run config; is {run} a run folder made by `editsynth generate`?")
+    return PipelineConfig.model_validate_json(path.read_text())
+
+
+def find_candidate(cfg: PipelineConfig, store: RunStore, candidate: str) -> tuple[int, list[Triple], list]:
+    """(shard, the shard's triples, the chunk of specs that contains ``candidate``)."""
+    from .specs import parse_candidate_id
+
+    triple_id, index = parse_candidate_id(candidate)
+    if index >= cfg.render.num_candidates:
+        raise ValueError(f"candidate {candidate}: index {index} >= render.num_candidates ({cfg.render.num_candidates})")
+    for shard in store.done_shards(INPUT_STAGE):
+        triples = read_triples(store, shard)
+        if any(t.triple_id == triple_id for t in triples):
+            for specs in chunk(shard_specs(cfg.seed, triples, cfg.render), cfg.render.resources.batch_size):
+                if any(s.candidate_id == candidate for s in specs):
+                    return shard, triples, specs
+    raise ValueError(f"candidate {candidate}: triple {triple_id} is in no done captions shard of {store.root}")
+
+
+def render_one(run: str | Path, candidate: str, renderer: CandidateRenderer | None = None
+               ) -> tuple[int, RenderedCandidate]:
+    """Re-render one candidate of a run: (its shard, the candidate with its images).
+
+    The candidate's whole chunk is rendered again, as in the run, because batch composition
+    can change floating-point results: on the same device and settings the bytes are equal.
+    """
+    cfg = load_run_config(run)
+    store = RunStore(run)
+    shard, triples, specs = find_candidate(cfg, store, candidate)
+    renderer = renderer or build_renderer(cfg)
+    by_id = {t.triple_id: t for t in triples}
+    rendered = renderer.render_chunk(by_id, specs)
+    return shard, next(r for r in rendered if r.candidate.candidate_id == candidate)
