@@ -5,6 +5,6 @@ cd "$(dirname "$0")/.."
 VENV=$(bash scripts/setup.sh)
 OUT=${1:-runs/shapes}
 "$VENV/bin/editsynth" generate --pipeline shapes --out "$OUT" "${@:2}"
-if "$VENV/bin/editsynth" audit --help >/dev/null 2>&1; then
-  "$VENV/bin/editsynth" audit --run "$OUT"
-fi
+"$VENV/bin/editsynth" shapes report --run "$OUT"
+"$VENV/bin/editsynth" audit --run "$OUT"
+echo "report: $OUT/report/audit.html  figures: $OUT/report/oracle.json  dataset: $OUT/export/"

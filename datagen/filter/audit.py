@@ -283,8 +283,10 @@ def audit_run(run: str | Path, labels_path: str | Path | None = None, target_pre
     if oracle_labels is not None:
         judged = read_oracle(store)
         values = oracle_summary(scores, judged, audit.selected)
-        numbers["oracle"] = values
-        numbers["oracle_file"] = str(write_oracle_json(run, values))
+        path = write_oracle_json(run, values)
+        # The merged file: it also holds what other tools measured (p2p_modes, model figures).
+        numbers["oracle"] = json.loads(path.read_text())
+        numbers["oracle_file"] = str(path)
     with store.atomic_path(report / "audit.json") as tmp:
         tmp.write_text(json.dumps(numbers, indent=1, sort_keys=True, default=str))
     html = render_report(store, audit, numbers, sources, images_per_side)

@@ -237,6 +237,12 @@ def render_report(store: RunStore, audit, numbers: dict[str, Any], sources: dict
             + _table(["edit kind", "labelled", "selected", "correct (all)", "correct (kept)", "recall"],
                      [[k, v["labelled"], v["selected"], v["pairs_correct_rate_all"], v["pairs_correct_rate_kept"],
                        v["filter_recall"]] for k, v in kinds.items()]))
+        extras = [[k, oracle[k]] for k in ("t2i_caption_match_rate", "clip_top1") if oracle.get(k) is not None]
+        if oracle.get("p2p_modes"):
+            extras += [[f"pairs correct, P2P mode {m}", r] for m, r in oracle["p2p_modes"].items()]
+        if extras:
+            oracle_html += ("<h3>Does each stage add value? (same triples and seeds)</h3>"
+                            + _table(["", "value"], extras))
     sampled = (f"<p class='note'>Computed on a random sample of whole triples: {numbers['rows_used']} of "
                f"{numbers['rows_total']} candidates.</p>" if numbers["sampled"] else "")
     overrides = f" (refiltered: {_e(', '.join(numbers['overrides']))})" if numbers["overrides"] else ""

@@ -27,6 +27,12 @@ def _train_t2i(args):
                                 work=args.work)))
 
 
+def _report(args):
+    from .evaluate import write_oracle_report
+
+    print(json.dumps(write_oracle_report(args.run, compare_modes=not args.no_modes), indent=1))
+
+
 def register(sub) -> None:
     shapes = sub.add_parser("shapes", help="the shapes world: train and evaluate its tiny models")
     ssub = shapes.add_subparsers(dest="shapes_command", metavar="COMMAND")
@@ -45,3 +51,10 @@ def register(sub) -> None:
         if name == "train-t2i":
             p.add_argument("--vae-steps", type=int, default=0, help="train the VAE this far first")
         p.set_defaults(func=func)
+    p = ssub.add_parser("report", help="add shapes-world figures (P2P modes, model scores) to RUN/report/oracle.json",
+                        description="Re-render a sample of the run's triples with P2P self, cross and no sharing "
+                                    "(same seeds) and judge them with the oracle; add the shipped models' held-out "
+                                    "figures. `editsynth audit` then shows them.")
+    p.add_argument("--run", required=True)
+    p.add_argument("--no-modes", action="store_true", help="skip the P2P mode comparison")
+    p.set_defaults(func=_report)
