@@ -1,0 +1,167 @@
+"""Dual classifier-free guidance sampling of an InstructPix2Pix editor (REFERENCE.md, Stage 4).
+
+One UNet pass per step holds three copies of the batch — (text + image), (image only),
+(neither) — and the guided noise prediction is
+
+    e = e_none + s_T (e_text_img - e_img) + s_I (e_img - e_none).
+
+The image condition is the VAE latent mode of the input, unscaled; the null image is a zero
+latent and the null text the encoding of "". Euler ancestral by default; any diffusers
+scheduler by class name. ``edit_images`` is the one entry point for the CLI, the server and
+evaluation: PIL images in, PIL images of the same sizes out.
+"""
+from __future__ import annotations
+
+import inspect
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from model.images import fit_for_edit, to_rgb
+from model.loading import Editor, as_editor, encode_text
+
+DEFAULT_SCHEDULER = "EulerAncestralDiscreteScheduler"
+
+
+@dataclass
+class EditSettings:
+    """How to sample one edit; defaults are the original's (REFERENCE.md, Stage 4)."""
+
+    text_guidance: float = 7.5        # s_T
+    image_guidance: float = 1.5       # s_I
+    steps: int = 100
+    seed: int = 0
+    resolution: int | None = None     # long side of the edit; None = the model's native size
+    scheduler: str = DEFAULT_SCHEDULER
+    batch_size: int = 8               # images per UNet batch (x3 inside for the guidance)
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.text_guidance < 0 or self.image_guidance < 0:
+            raise ValueError(f"guidance scales must be >= 0, got text {self.text_guidance}, "
+                             f"image {self.image_guidance}")
+        if self.resolution is not None and self.resolution < 1:
+            raise ValueError(f"resolution must be positive, got {self.resolution}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be in [0, 2**63), got {self.seed}")
+
+
+def dual_guidance(e_text_img: torch.Tensor, e_img: torch.Tensor, e_none: torch.Tensor,
+                  text_scale: float, image_scale: float) -> torch.Tensor:
+    """InstructPix2Pix's guided prediction from its three conditional predictions."""
+    return e_none + text_scale * (e_text_img - e_img) + image_scale * (e_img - e_none)
+
+
+def make_scheduler(name: str, config):
+    """A fresh scheduler of class ``name`` (e.g. EulerAncestralDiscreteScheduler) from ``config``."""
+    import diffusers
+    from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+    cls = getattr(diffusers, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
+        known = sorted(n for n in dir(diffusers) if n.endswith("Scheduler") and not n.startswith("Flow"))
+        raise ValueError(f"unknown scheduler {name!r}; diffusers has: {', '.join(known)}")
+    return cls.from_config(config)
+
+
+def _step_kwargs(scheduler, generator) -> dict:
+    params = inspect.signature(scheduler.step).parameters
+    kwargs = {}
+    if "generator" in params:
+        kwargs["generator"] = generator
+    if "eta" in params:
+        kwargs["eta"] = 0.0
+    return kwargs
+
+
+@torch.inference_mode()
+def sample_edits(editor: Editor, pixels: torch.Tensor, instructions: Sequence[str], settings: EditSettings,
+                 seeds: Sequence[int], progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Edit a batch of images in [-1, 1] (B, 3, H, W); returns decoded images in [-1, 1]."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    batch = pixels.shape[0]
+    if not len(instructions) == len(seeds) == batch:
+        raise ValueError(f"{batch} images, {len(instructions)} instructions, {len(seeds)} seeds: must match")
+    device, dtype = editor.device, editor.dtype
+    # One generator per image: an image's edit depends on its seed only, not on its batch mates.
+    generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+
+    text = encode_text(editor, list(instructions))
+    null = editor.null_text_embedding().expand(batch, -1, -1)
+    text_embeds = torch.cat([text, null, null])
+
+    pixels = pixels.to(device=device, dtype=dtype)
+    image_latents = editor.vae.encode(pixels).latent_dist.mode()   # unscaled, as trained
+    image_latents = torch.cat([image_latents, image_latents, torch.zeros_like(image_latents)])
+
+    scheduler = make_scheduler(settings.scheduler, editor.scheduler_config)
+    scheduler.set_timesteps(settings.steps, device=device)
+    step_kwargs = _step_kwargs(scheduler, generators)
+    shape = (batch, editor.vae.config.latent_channels, *image_latents.shape[-2:])
+    latents = randn_tensor(shape, generator=generators, device=device, dtype=dtype) * scheduler.init_noise_sigma
+
+    timesteps = scheduler.timesteps
+    for i, t in enumerate(timesteps):
+        scaled = scheduler.scale_model_input(latents, t).repeat(3, 1, 1, 1)
+        unet_input = torch.cat([scaled, image_latents], dim=1)
+        noise = editor.unet(unet_input, t, encoder_hidden_states=text_embeds, return_dict=False)[0]
+        noise = dual_guidance(*noise.chunk(3), settings.text_guidance, settings.image_guidance)
+        latents = scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
+        if progress is not None:
+            progress(i + 1, len(timesteps))
+
+    return editor.vae.decode(latents / editor.vae.config.scaling_factor, return_dict=False)[0]
+
+
+def edit_images(editor, images: Sequence[Image.Image], instructions: str | Sequence[str],
+                settings: EditSettings | None = None, seeds: Sequence[int] | None = None,
+                progress: Callable[[int, int], None] | None = None) -> list[Image.Image]:
+    """Edit each image by its instruction; each result has its input's size.
+
+    ``editor``: an Editor (model.loading) or an in-memory InstructPix2Pix pipeline.
+    ``instructions``: one for all images, or one per image. ``seeds``: one per image (variations
+    of one image are the same image with different seeds); default ``settings.seed`` for all.
+    Images are edited at the original's size (long side = resolution, sides multiples of 64
+    for SD), grouped by that size into batches, and resized back.
+    """
+    from diffusers.image_processor import VaeImageProcessor
+
+    editor = as_editor(editor)
+    settings = settings or EditSettings()
+    images = list(images)
+    instructions = [instructions] * len(images) if isinstance(instructions, str) else list(instructions)
+    seeds = [settings.seed] * len(images) if seeds is None else [int(s) for s in seeds]
+    if not len(instructions) == len(seeds) == len(images):
+        raise ValueError(f"{len(images)} images, {len(instructions)} instructions, {len(seeds)} seeds: must match")
+    resolution = settings.resolution or editor.native_resolution
+    processor = VaeImageProcessor(vae_scale_factor=editor.vae_scale_factor, do_resize=False)
+
+    upright = [to_rgb(im) for im in images]
+    prepared = [fit_for_edit(im, resolution, editor.size_multiple) for im in upright]
+    by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, im in enumerate(prepared):
+        by_size[im.size].append(i)
+    chunks = [idx[k : k + settings.batch_size] for idx in by_size.values()
+              for k in range(0, len(idx), settings.batch_size)]
+
+    results: list[Image.Image | None] = [None] * len(images)
+    done_steps, total_steps = 0, len(chunks) * settings.steps
+    for chunk in chunks:
+        pixels = processor.preprocess([prepared[i] for i in chunk])
+        report = None
+        if progress is not None:
+            report = lambda k, n, base=done_steps: progress(base + k, total_steps)  # noqa: E731
+        decoded = sample_edits(editor, pixels, [instructions[i] for i in chunk], settings,
+                               [seeds[i] for i in chunk], progress=report)
+        done_steps += settings.steps
+        for i, out in zip(chunk, processor.postprocess(decoded.float().cpu(), output_type="pil")):
+            size = upright[i].size
+            results[i] = out if out.size == size else out.resize(size, Image.Resampling.LANCZOS)
+    return results
