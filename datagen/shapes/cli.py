@@ -30,7 +30,8 @@ def _train_t2i(args):
 def _report(args):
     from .evaluate import write_oracle_report
 
-    print(json.dumps(write_oracle_report(args.run, compare_modes=not args.no_modes), indent=1))
+    print(json.dumps(write_oracle_report(args.run, compare_modes=not args.no_modes, num_triples=args.mode_triples,
+                                         num_candidates=args.mode_candidates), indent=1))
 
 
 def register(sub) -> None:
@@ -57,4 +58,6 @@ def register(sub) -> None:
                                     "figures. `editsynth audit` then shows them.")
     p.add_argument("--run", required=True)
     p.add_argument("--no-modes", action="store_true", help="skip the P2P mode comparison")
+    p.add_argument("--mode-triples", type=int, default=24, help="triples re-rendered per mode")
+    p.add_argument("--mode-candidates", type=int, default=4, help="candidates per triple per mode")
     p.set_defaults(func=_report)

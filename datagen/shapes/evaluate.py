@@ -41,27 +41,60 @@ def compare_p2p_modes(run: str | Path, num_triples: int = 24, num_candidates: in
     if not triples:
         return {}
     cfg = load_run_config(run)
-    rates, by_kind = {}, {}
+    rates, by_kind, relative = {}, {}, {"edit_ok": {}, "preserved": {}}
     for mode in MODES:
         render_cfg = cfg.render.model_copy(update={"mode": mode, "num_candidates": num_candidates})
         mode_cfg = cfg.model_copy(update={"render": render_cfg})
         renderer = build_renderer(mode_cfg)
         rendered = render_shard(renderer, mode_cfg, triples, RenderCounters())
-        correct, kinds = [], {}
+        judged, kinds = [], {}
         for r in rendered:
             c = r.candidate
             if c.status != "ok":
-                correct.append(False)
+                judged.append(oracle.PairJudgement(False, False, False, False, False))
                 continue
             before, after = (Image.open(io.BytesIO(r.images[f"{k}.{c.image_format}"])) for k in ("input", "edited"))
-            ok = oracle.judge_pair(before, after, c.input_caption, c.output_caption).correct
-            correct.append(ok)
-            kinds.setdefault(c.edit_kind or "unknown", []).append(ok)
-        rates[mode] = round(sum(correct) / max(1, len(correct)), 4)
+            j = oracle.judge_pair(before, after, c.input_caption, c.output_caption)
+            judged.append(j)
+            kinds.setdefault(c.edit_kind or "unknown", []).append(j.correct)
+        n = max(1, len(judged))
+        rates[mode] = round(sum(j.correct for j in judged) / n, 4)
+        # Relative to the before image: did the instructed change happen, did the rest stay?
+        # P2P's whole point is the second; these move long before exact correctness does.
+        relative["edit_ok"][mode] = round(sum(j.edit_ok for j in judged) / n, 4)
+        relative["preserved"][mode] = round(sum(j.preserved for j in judged) / n, 4)
         by_kind[mode] = {k: round(sum(v) / len(v), 4) for k, v in sorted(kinds.items())}
-        log.info("p2p mode %s: %.3f of %d candidates oracle-correct", mode, rates[mode], len(correct))
-    return {"p2p_modes": rates, "p2p_modes_by_edit_kind": by_kind,
+        log.info("p2p mode %s: %.3f of %d candidates oracle-correct, %.3f preserved", mode, rates[mode],
+                 len(judged), relative["preserved"][mode])
+    return {"p2p_modes": rates, "p2p_modes_edit_ok": relative["edit_ok"],
+            "p2p_modes_preserved": relative["preserved"], "p2p_modes_by_edit_kind": by_kind,
             "p2p_modes_sample": {"triples": len(triples), "candidates_per_triple": num_candidates}}
+
+
+def rendered_agreement(run: str | Path, limit: int = 200) -> dict:
+    """How well the run's rendered images show their captions, attribute by attribute.
+
+    Judged on the before images against input captions and after images against output
+    captions of up to ``limit`` candidates: the text-to-image model's quality inside the run.
+    """
+    store = RunStore(run)
+    rows: list[dict[str, bool]] = []
+    for shard in store.done_shards("render"):
+        for key, sample in store.read_tar("render", shard).items():
+            meta = json.loads(sample["json"])
+            if not (try_parse_caption(meta["input_caption"]) and try_parse_caption(meta["output_caption"])):
+                continue
+            fmt = meta.get("image_format", "png")
+            for part, cap in (("input", meta["input_caption"]), ("edited", meta["output_caption"])):
+                rows.append(oracle.caption_agreement(Image.open(io.BytesIO(sample[f"{part}.{fmt}"])), cap))
+            if len(rows) >= 2 * limit:
+                break
+        if len(rows) >= 2 * limit:
+            break
+    if not rows:
+        return {}
+    return {"rendered_caption_agreement": {k: round(sum(r[k] for r in rows) / len(rows), 4) for k in rows[0]},
+            "rendered_images_judged": len(rows)}
 
 
 def shipped_model_figures() -> dict:
@@ -74,13 +107,15 @@ def shipped_model_figures() -> dict:
     return out
 
 
-def write_oracle_report(run: str | Path, compare_modes: bool = True) -> dict:
+def write_oracle_report(run: str | Path, compare_modes: bool = True, num_triples: int = 24,
+                        num_candidates: int = 4) -> dict:
     """Add the shapes-world figures to ``<run>/report/oracle.json`` (keeping what is there)."""
     path = Path(run) / "report" / "oracle.json"
     report = json.loads(path.read_text()) if path.exists() else {}
     report.update(shipped_model_figures())
+    report.update(rendered_agreement(run))
     if compare_modes:
-        report.update(compare_p2p_modes(run))
+        report.update(compare_p2p_modes(run, num_triples, num_candidates))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1, sort_keys=True))
     return report
