@@ -32,18 +32,6 @@ def tiny_editor_dir(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a shared machine its spin-waits
-    make them ~10x slower; modules that sample use one torch thread."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ---------------------------------------------------------------------------------------
 # A real `editsynth serve` on 127.0.0.1 with the tiny editor, shared by the test_serve_* modules.
 # ---------------------------------------------------------------------------------------

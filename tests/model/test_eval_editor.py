@@ -11,13 +11,8 @@ import editsynth_cli
 from model import evaluate as E
 from tests.model.train_helpers import shapes_pairs, write_shards
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_clip_metrics_match_a_direct_computation():

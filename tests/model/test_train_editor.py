@@ -8,19 +8,13 @@ import torch
 
 from model import editor
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 
 @pytest.fixture(scope="module")
 def tiny_parts(tiny_sd_dir):
     return editor.load_parts(str(tiny_sd_dir))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # 2 shared cores: one torch thread avoids spin-waiting against the neighbours.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_widened_unet_with_zero_image_latent_gives_exactly_the_base_output(tiny_sd_dir, tiny_parts):

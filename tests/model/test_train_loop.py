@@ -16,16 +16,10 @@ from datagen.config import load_config
 from model import train as T
 from tests.model.train_helpers import shapes_pairs, tiny_train_overrides, write_shards
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # 2 shared cores: one torch thread avoids spin-waiting against the neighbours.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -23,14 +23,8 @@ def make_triple(input_caption: str, output_caption: str, instruction: str = "edi
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One thread: on 2 shared, busy cores two spinning OpenMP threads run 10-20x slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Every p2p test runs on one torch thread (tests/conftest.py says why)."""
 
 
 @pytest.fixture(scope="session")
