@@ -243,6 +243,7 @@ class TrainConfig(Section):
     conditioning_dropout_text: float = Field(0.05, ge=0, le=1)   # REFERENCE.md, Stage 4
     conditioning_dropout_image: float = Field(0.05, ge=0, le=1)
     conditioning_dropout_both: float = Field(0.05, ge=0, le=1)
+    snr_gamma: float | None = Field(None, gt=0)   # Min-SNR loss weighting; None: the paper's plain MSE
     use_ema: bool = True
     ema_decay: float = Field(0.9999, ge=0, lt=1)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"

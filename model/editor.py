@@ -164,8 +164,12 @@ class LossInputs:
 
 
 def editor_loss(unet, vae, text_encoder, noise_scheduler, null_text: torch.Tensor, batch: LossInputs,
-                p_text: float, p_image: float, p_both: float, weight_dtype=torch.float32) -> torch.Tensor:
-    """The InstructPix2Pix training loss of one micro-batch (mean over the batch)."""
+                p_text: float, p_image: float, p_both: float, weight_dtype=torch.float32,
+                snr_gamma: float | None = None) -> torch.Tensor:
+    """The InstructPix2Pix training loss of one micro-batch (mean over the batch).
+
+    ``snr_gamma``: Min-SNR weighting (Hang et al. 2023, diffusers' ``--snr_gamma``); None is the
+    paper's plain MSE."""
     device = null_text.device
     bsz = batch.original.shape[0]
     with torch.no_grad():
@@ -195,7 +199,14 @@ def editor_loss(unet, vae, text_encoder, noise_scheduler, null_text: torch.Tenso
             raise ValueError(f"unsupported prediction type {prediction_type!r}")
         model_input = torch.cat([noisy, image_cond], dim=1)
     pred = unet(model_input, timesteps, text).sample
-    return F.mse_loss(pred.float(), target.float(), reduction="mean")
+    if snr_gamma is None:
+        return F.mse_loss(pred.float(), target.float(), reduction="mean")
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(noise_scheduler, timesteps).float()
+    weight = snr.clamp(max=snr_gamma) / (snr + 1 if prediction_type == "v_prediction" else snr)
+    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    return (per_sample * weight).mean()
 
 
 # ---------------------------------------------------------------------------------------

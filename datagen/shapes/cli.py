@@ -15,7 +15,7 @@ def _train_vae(args):
     from .train import train_vae
 
     print(json.dumps(train_vae(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                               work=args.work)))
+                               work=args.work, decoder_only=args.decoder_only)))
 
 
 def _train_t2i(args):
@@ -49,6 +49,10 @@ def register(sub) -> None:
         p.add_argument("--lr", type=float, default=lr)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--work", default="runs/shapes-train", help="folder of the full training state (resume)")
+        if name == "train-vae":
+            p.add_argument("--decoder-only", action="store_true",
+                           help="fine-tune only the decoder of the trained VAE: latents, and the UNet trained "
+                                "on them, stay valid")
         if name == "train-t2i":
             p.add_argument("--vae-steps", type=int, default=0, help="train the VAE this far first")
         p.set_defaults(func=func)

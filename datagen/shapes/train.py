@@ -146,23 +146,31 @@ def evaluate_vae(vae, n: int = 200, seed: int = HELD_OUT_SEED) -> dict:
 
 def train_vae(steps: int = 3000, batch_size: int = 32, lr: float = 2e-3, seed: int = 0,
               work: str | Path = "runs/shapes-train", eval_every: int = 250, preset: str = "shapes",
-              object_weight: float = 9.0, kl_weight: float = 1e-6) -> dict:
+              object_weight: float = 9.0, kl_weight: float = 1e-6, decoder_only: bool = False) -> dict:
+    """Train the VAE; ``decoder_only`` fine-tunes the decoder of a trained VAE alone, so the
+    latents (and a UNet trained on them) stay valid while the decoded images get sharper."""
     dev = _device()
     p = T2I_PRESETS[preset]
     torch.manual_seed(seed)
     vae = build_vae(p).to(dev)
-    opt = torch.optim.AdamW(vae.parameters(), lr=lr)
-    state_path = Path(work) / "vae" / "state.pt"
+    state_path = Path(work) / ("vae-decoder" if decoder_only else "vae") / "state.pt"
     step = 0
     if (state := _load_state(state_path)) is not None:
         vae.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
         step = state["step"]
     elif (shipped := _shipped_step(SHIPPED_T2I / "vae")) is not None:
         vae = type(vae).from_pretrained(SHIPPED_T2I / "vae", torch_dtype=torch.float32).to(dev)
-        opt = torch.optim.AdamW(vae.parameters(), lr=lr)
         step = shipped
         log.info("vae: resumed from the shipped weights at step %d", step)
+    elif decoder_only:
+        raise FileNotFoundError("--decoder-only fine-tunes a trained VAE: none found under "
+                                f"{state_path.parent} or {SHIPPED_T2I / 'vae'}")
+    if decoder_only:
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
+    opt = torch.optim.AdamW([q for q in vae.parameters() if q.requires_grad], lr=lr)
+    if state is not None:
+        opt.load_state_dict(state["opt"])
     t0, last_save = time.time(), time.time()
     while step < steps:
         for g in opt.param_groups:
@@ -172,9 +180,12 @@ def train_vae(steps: int = 3000, batch_size: int = 32, lr: float = 2e-3, seed: i
         # Objects are a small share of the pixels: weight them up or their colours come last
         # (SHAPES-NOTES.md).
         w = 1.0 + object_weight * data.object_mask(scenes, p.image_size).to(dev)
-        post = vae.encode(x).latent_dist
+        with torch.set_grad_enabled(not decoder_only):
+            post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
-        loss = ((rec - x).abs() * w).mean() + (((rec - x) ** 2) * w).mean() + kl_weight * post.kl().mean()
+        loss = ((rec - x).abs() * w).mean() + (((rec - x) ** 2) * w).mean()
+        if not decoder_only:
+            loss = loss + kl_weight * post.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -182,7 +193,7 @@ def train_vae(steps: int = 3000, batch_size: int = 32, lr: float = 2e-3, seed: i
         if step % eval_every == 0 or step == steps or time.time() - last_save > 300:
             metrics = evaluate_vae(vae)
             _log("vae", {"step": step, "loss": round(loss.item(), 4), "minutes": round((time.time() - t0) / 60, 2),
-                         "device": str(dev), **metrics})
+                         "device": str(dev), "decoder_only": decoder_only, **metrics})
             _save_state(state_path, model=vae.state_dict(), opt=opt.state_dict(), step=step)
             publish_vae(vae, step, metrics)
             last_save = time.time()
@@ -195,6 +206,9 @@ def publish_vae(vae, step: int, metrics: dict) -> Path:
 
     out = SHIPPED_T2I / "vae"
     copy.deepcopy(vae).to(torch.float16).save_pretrained(out, safe_serialization=True)
+    config = json.loads((out / "config.json").read_text())
+    if config.pop("_name_or_path", None) is not None:   # a path of this machine: not for the repo
+        (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     (out / "train_state.json").write_text(json.dumps({"step": step, **metrics}))
     return out
 

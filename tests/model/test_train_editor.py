@@ -129,6 +129,32 @@ def test_a_samples_draws_do_not_depend_on_its_batch_mates(tiny_parts):
     assert whole.item() == pytest.approx((parts[0].item() + parts[1].item()) / 2, rel=1e-5)
 
 
+def test_min_snr_weighting_reweights_each_sample_by_its_timestep(tiny_parts):
+    vae, te = editor.freeze(tiny_parts.vae), editor.freeze(tiny_parts.text_encoder)
+    null = editor.encode_text(te, tiny_parts.tokenizer, [""])
+    unet = tiny_parts.unet.eval()
+    b = _batch(tiny_parts, n=8, seed=5)
+    sched = tiny_parts.noise_scheduler
+    with torch.no_grad():
+        plain = editor.editor_loss(unet, vae, te, sched, null, b, .05, .05, .05)
+        # gamma above every SNR: all weights are 1 (epsilon prediction), the plain loss again
+        huge = editor.editor_loss(unet, vae, te, sched, null, b, .05, .05, .05, snr_gamma=1e12)
+        rec = _Recorder()
+        editor.editor_loss(rec, vae, te, sched, null, b, .05, .05, .05)
+        per_sample = []
+        for i in range(8):
+            one = editor.LossInputs(b.original[i:i + 1], b.edited[i:i + 1], b.input_ids[i:i + 1], b.seeds[i:i + 1])
+            per_sample.append(editor.editor_loss(unet, vae, te, sched, null, one, .05, .05, .05).item())
+        weighted = editor.editor_loss(unet, vae, te, sched, null, b, .05, .05, .05, snr_gamma=5.0)
+    assert huge.item() == pytest.approx(plain.item(), rel=1e-5)
+    t = rec.calls[0][1]
+    snr = sched.alphas_cumprod[t] / (1 - sched.alphas_cumprod[t])
+    w = snr.clamp(max=5.0) / snr
+    assert (w < 1).any()   # some draws are above gamma: the weighting is not the identity here
+    expected = sum(wi * li for wi, li in zip(w.tolist(), per_sample)) / 8
+    assert weighted.item() == pytest.approx(expected, rel=1e-4)
+
+
 def test_a_model_that_is_not_stable_diffusion_fails_with_a_clear_error(tmp_path):
     with pytest.raises(editor.EditorLoadError, match="unet/"):
         editor.load_parts(str(tmp_path))
