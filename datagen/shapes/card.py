@@ -32,6 +32,9 @@ Logs: `weights/<model>.log.jsonl` (one JSON row per evaluation). Training resume
   unit variance; SD's scaled-linear schedule with offset noise 0.1, min-SNR-5 loss weighting,
   10% caption dropout, AdamW 6e-4 cosine, EMA 0.999 with warm-up; one torch thread (two threads
   spin-wait on a shared 2-core machine).
+- Then the VAE's DECODER alone fine-tuned (`train-vae --decoder-only`, rows with decoder_only
+  True): the encoder, hence the latents the UNet learnt, stay exactly as they were, while
+  reconstructions (and every sample) get sharper.
 
 Columns: `minutes` counts from the trainer's latest (re)start, not from step 0. VAE rows before
 step 399 were judged by the first oracle, which read the decoders' colour halos as object
@@ -51,12 +54,13 @@ def write_model_card(weights_dir: Path = SHIPPED_DIR) -> Path:
                  "caption beats a minimally edited one (the discrimination the filter needs).",
                  ["step", "minutes", "device", "loss", "clip_top1", "clip_vs_edited_caption"]),
         "vae": ("VAE: oracle agreement of reconstructions of 200 held-out renders with their captions.",
-                ["step", "minutes", "device", "loss", "rec_background", "rec_count", "rec_colour", "rec_shape",
-                 "rec_size", "rec_all"]),
-        "t2i": ("Text-to-image: oracle agreement of samples (32 held-out captions, Euler ancestral 25 steps, "
-                "CFG 4) with their captions, EMA and raw weights.",
-                ["step", "minutes", "device", "loss", "ema_background", "ema_count", "ema_colour", "ema_shape",
-                 "ema_size", "ema_all", "raw_all"]),
+                ["step", "minutes", "device", "decoder_only", "loss", "rec_background", "rec_count", "rec_colour",
+                 "rec_shape", "rec_size", "rec_all"]),
+        "t2i": ("Text-to-image: oracle agreement of samples (Euler ancestral 25 steps, CFG 4) with their "
+                "captions, EMA and raw weights: 32 held-out captions while training; rows with an `evaluation` "
+                "are `editsynth shapes eval-t2i` on the shipped weights (with the VAE of `vae_step`).",
+                ["step", "minutes", "device", "loss", "evaluation", "vae_step", "ema_background", "ema_count",
+                 "ema_colour", "ema_shape", "ema_size", "ema_all", "raw_all"]),
         "editor": ("Editor: oracle edit accuracy and preservation on held-out rendered scenes.",
                    ["step", "minutes", "device", "edit_accuracy", "preservation"]),
     }

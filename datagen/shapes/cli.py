@@ -27,6 +27,20 @@ def _train_t2i(args):
                                 work=args.work)))
 
 
+def _eval_t2i(args):
+    from .train import evaluate_shipped_t2i
+
+    print(json.dumps(evaluate_shipped_t2i(n=args.n, steps=args.steps, guidance=args.guidance)))
+
+
+def _publish_editor(args):
+    from .card import write_model_card
+    from .train import publish_editor
+
+    print(publish_editor(args.trained, args.eval))
+    print(write_model_card())
+
+
 def _report(args):
     from .evaluate import write_oracle_report
 
@@ -56,6 +70,20 @@ def register(sub) -> None:
         if name == "train-t2i":
             p.add_argument("--vae-steps", type=int, default=0, help="train the VAE this far first")
         p.set_defaults(func=func)
+    p = ssub.add_parser("eval-t2i", help="judge the shipped T2I on held-out captions with the oracle",
+                        description="Sample the shipped tiny SD on N held-out captions, judge each image with "
+                                    "the oracle, and record the figures in its log and train_state.json.")
+    p.add_argument("--n", type=int, default=200, help="held-out captions")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--guidance", type=float, default=4.0)
+    p.set_defaults(func=_eval_t2i)
+    p = ssub.add_parser("publish-editor", help="ship a trained editor as `shapes` (fp16) with its oracle figures",
+                        description="Copy an editor trained with `train_editor.py --pipeline shapes --out DIR` into "
+                                    "datagen/shapes/weights/editor (fp16), log its oracle figures from "
+                                    "`editsynth eval --oracle --editor DIR --out EVAL`, and rewrite the model card.")
+    p.add_argument("trained", help="the training output folder (DIR)")
+    p.add_argument("--eval", help="the folder holding oracle_edit.json (EVAL)")
+    p.set_defaults(func=_publish_editor)
     p = ssub.add_parser("report", help="add shapes-world figures (P2P modes, model scores) to RUN/report/oracle.json",
                         description="Re-render a sample of the run's triples with P2P self, cross and no sharing "
                                     "(same seeds) and judge them with the oracle; add the shipped models' held-out "

@@ -290,8 +290,10 @@ def resolve_model(name: str, kind: str = "t2i") -> str:
     if name == "shapes":
         path = {"t2i": SHIPPED_T2I, "clip": SHIPPED_CLIP, "editor": SHIPPED_EDITOR}[kind]
         if not path.exists():
+            how = ("`python train_editor.py --pipeline shapes --data RUN/export --out DIR`, then "
+                   "`editsynth shapes publish-editor DIR`") if kind == "editor" else f"`editsynth shapes train-{kind}`"
             raise FileNotFoundError(
-                f"the shipped shapes {kind} model is missing at {path}; train it with "
-                f"`editsynth shapes train-{kind}` or pass a hub id / local directory")
+                f"the shipped shapes {kind} model is missing at {path}; train it with {how} "
+                "or pass a hub id / local directory")
         return str(path)
     return name

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from . import data, grammar, oracle
-from .models import (CLIP_PRESETS, SHIPPED_CLIP, SHIPPED_DIR, SHIPPED_T2I, T2I_PRESETS, build_clip, build_scheduler,
+from .models import (CLIP_PRESETS, SHIPPED_CLIP, SHIPPED_DIR, SHIPPED_EDITOR, SHIPPED_T2I, T2I_PRESETS, build_clip, build_scheduler,
                      build_tokenizer, build_unet, build_vae, openclip_text_to_hf, save_clip)
 
 log = logging.getLogger(__name__)
@@ -375,6 +375,24 @@ def train_unet(steps: int = 6000, batch_size: int = 64, lr: float = 6e-4, seed: 
     return row
 
 
+def evaluate_shipped_t2i(n: int = 200, steps: int = 25, guidance: float = 4.0) -> dict:
+    """Judge the shipped T2I as users load it (fp16 weights, its own VAE) on n held-out captions;
+    the figures go into its log and train_state.json, which reports and the model card read."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(SHIPPED_T2I, torch_dtype=torch.float32, safety_checker=None,
+                                                   requires_safety_checker=False).to(_device())
+    pipe.set_progress_bar_config(disable=True)
+    metrics, _ = evaluate_t2i(pipe, n=n, steps=steps, guidance=guidance)
+    state = json.loads((SHIPPED_T2I / "train_state.json").read_text())
+    vae_step = _shipped_step(SHIPPED_T2I / "vae")
+    _log("t2i", {"step": state["step"], "evaluation": f"shipped fp16, {n} held-out captions, {steps} steps, CFG {guidance}",
+                 "vae_step": vae_step, **{f"ema_{k}": v for k, v in metrics.items()}})
+    state.update({f"ema_{k}": v for k, v in metrics.items()}, eval_captions=n, vae_step=vae_step)
+    (SHIPPED_T2I / "train_state.json").write_text(json.dumps(state))
+    return metrics
+
+
 def publish_t2i(pipe, step: int, metrics: dict) -> Path:
     """Save the pipeline as the shipped diffusers directory, fp16 weights (small to commit)."""
     import copy
@@ -383,3 +401,38 @@ def publish_t2i(pipe, step: int, metrics: dict) -> Path:
     half.save_pretrained(SHIPPED_T2I, safe_serialization=True)
     (SHIPPED_T2I / "train_state.json").write_text(json.dumps({"step": step, **metrics}))
     return SHIPPED_T2I
+
+
+# ---------------------------------------------------------------------------------------
+# The editor (trained by model/, published here)
+# ---------------------------------------------------------------------------------------
+def publish_editor(trained: str | Path, evaluation: str | Path | None = None) -> Path:
+    """Ship an editor trained by ``train_editor.py --pipeline shapes``: its pipeline in fp16 with
+    its README (command, steps, device, time), and a log row with its oracle figures
+    (``oracle_edit.json`` of ``editsynth eval --oracle``)."""
+    import shutil
+
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    trained = Path(trained)
+    info_path = trained / "editsynth_train.json"
+    if not info_path.exists():
+        raise FileNotFoundError(f"{trained} is not a finished editsynth editor run (no {info_path.name})")
+    info = json.loads(info_path.read_text())
+    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(trained, torch_dtype=torch.float16,
+                                                                  safety_checker=None, requires_safety_checker=False)
+    pipe.save_pretrained(SHIPPED_EDITOR, safe_serialization=True)
+    for name in ("README.md", "editsynth_train.json"):
+        shutil.copyfile(trained / name, SHIPPED_EDITOR / name)
+    row = {"step": info["steps"], "minutes": round(info["seconds_total"] / 60, 1), "device": info["device"],
+           "world_size": info["world_size"], "effective_batch": info["effective_batch"], "data": info["data"],
+           "final_loss": info["final_loss"]}
+    if evaluation is not None:
+        figures = json.loads((Path(evaluation) / "oracle_edit.json").read_text())
+        row.update({k: round(v, 4) for k, v in figures.items() if isinstance(v, float) and not k.endswith("scale")
+                    and k != "seconds"})
+        row["settings"] = (f"{figures['num_scenes']} held-out rendered scenes, {figures['steps']} steps, "
+                           f"text/image guidance {figures['text_guidance_scale']}/{figures['image_guidance_scale']}, "
+                           f"SDEdit strength {figures['sdedit_strength']}")
+    _log("editor", row)
+    return SHIPPED_EDITOR

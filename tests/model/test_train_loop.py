@@ -136,3 +136,34 @@ def test_two_ray_train_workers_train_the_same_model_as_one_process(tmp_path, tin
     assert _relative_gap(w_half, w_one, start) > 0.2   # a different batch is a different model
     for a, b in zip(T.read_log(tmp_path / "two"), T.read_log(tmp_path / "one")):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-3)
+
+
+def test_a_trained_editor_is_published_as_shapes_with_its_oracle_figures(tmp_path, tiny_sd_dir, pairs_dir,
+                                                                         monkeypatch):
+    from safetensors.torch import load_file
+
+    from datagen.shapes import models, train as shapes_train
+    from model import evaluate as E
+    from model.loading import load_editor
+
+    cfg = _cfg(tiny_sd_dir, pairs_dir, **{"train.max_steps": 3, "train.batch_size": 2, "train.num_sample_images": 0})
+    T.train(cfg, tmp_path / "run")
+    eval_cfg = load_config("shapes", ["train.eval.oracle_num_scenes=2", "train.eval.steps=2"]).train.eval
+    figures = E.evaluate_oracle(str(tmp_path / "run"), eval_cfg, tmp_path / "eval", base_model=str(tiny_sd_dir))
+
+    shipped = tmp_path / "weights"
+    monkeypatch.setattr(shapes_train, "SHIPPED_DIR", shipped)
+    monkeypatch.setattr(shapes_train, "SHIPPED_EDITOR", shipped / "editor")
+    monkeypatch.setattr(models, "SHIPPED_EDITOR", shipped / "editor")
+    shapes_train.publish_editor(tmp_path / "run", tmp_path / "eval")
+
+    unet = load_file(str(shipped / "editor" / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert {t.dtype for t in unet.values()} == {torch.float16}          # small to ship
+    assert "| steps | 3 |" in (shipped / "editor" / "README.md").read_text()
+    row = json.loads((shipped / "editor.log.jsonl").read_text().splitlines()[-1])
+    assert row["step"] == 3 and row["device"] == "cpu"
+    assert row["edit_accuracy"] == round(figures["edit_accuracy"], 4)
+    assert row["sdedit_preservation"] == round(figures["sdedit_preservation"], 4)
+    assert load_editor("shapes", device="cpu") is not None             # `shapes` now resolves to it
+    with pytest.raises(FileNotFoundError, match="not a finished"):
+        shapes_train.publish_editor(tmp_path / "eval")

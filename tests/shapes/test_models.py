@@ -48,6 +48,6 @@ def test_resolve_model_names_what_is_missing(tmp_path, monkeypatch):
     monkeypatch.setattr(models, "SHIPPED_EDITOR", tmp_path / "nope")
     import pytest
 
-    with pytest.raises(FileNotFoundError, match="editsynth shapes train-editor|train-editor"):
+    with pytest.raises(FileNotFoundError, match="publish-editor"):
         models.resolve_model("shapes", "editor")
     assert models.resolve_model("org/some-model") == "org/some-model"
