@@ -354,6 +354,11 @@ def _ray_worker(config: dict) -> None:
     train_process(TrainConfig.model_validate(config["cfg"]), config["out"], config["command"])
 
 
+def _absolute_if_local(path: str) -> str:
+    """A path that exists here, made absolute; anything else (hub ids, `shapes`) unchanged."""
+    return str(Path(path).resolve()) if path and Path(path).exists() else path
+
+
 def train_on_ray(cfg: TrainConfig, out: str | Path, num_workers: int, ray_address: str | None = None,
                  use_gpu: bool | None = None) -> TrainResult:
     """The same loop on Ray Train's TorchTrainer: one worker per GPU (or CPU workers)."""
@@ -362,6 +367,8 @@ def train_on_ray(cfg: TrainConfig, out: str | Path, num_workers: int, ray_addres
     from ray.train.torch import TorchTrainer
 
     out = Path(out).resolve()
+    # Ray workers run in their own working folders: local paths must not stay relative.
+    cfg = cfg.model_copy(update={"data": _absolute_if_local(cfg.data), "base_model": _absolute_if_local(cfg.base_model)})
     if not ray.is_initialized():
         repo = str(Path(__file__).resolve().parent.parent)
         runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}}

@@ -115,15 +115,19 @@ def _relative_gap(a: dict, b: dict, start: dict) -> float:
     return float(diff / moved)
 
 
-def test_two_ray_train_workers_train_the_same_model_as_one_process(tmp_path, tiny_sd_dir, pairs_dir, ray_local):
+def test_two_ray_train_workers_train_the_same_model_as_one_process(tmp_path, tiny_sd_dir, pairs_dir, ray_local,
+                                                                  monkeypatch):
     from diffusers import UNet2DConditionModel
 
     from model.editor import widen_conv_in
 
     extra = {"train.max_steps": 5, "train.checkpoint_every": 5, "train.log_every": 1, "train.use_ema": False}
     one = T.train(_cfg(tiny_sd_dir, pairs_dir, **{**extra, "train.batch_size": 8}), tmp_path / "one")
-    two = T.train(_cfg(tiny_sd_dir, pairs_dir, **{**extra, "train.batch_size": 4}), tmp_path / "two",
-                  num_workers=2)
+    # Relative local paths, as people type them: Ray workers run in other folders and must still
+    # find the data and the base model.
+    monkeypatch.chdir(tmp_path)
+    two = T.train(_cfg(os.path.relpath(tiny_sd_dir), os.path.relpath(pairs_dir),
+                       **{**extra, "train.batch_size": 4}), "two", num_workers=2)
     half = T.train(_cfg(tiny_sd_dir, pairs_dir, **{**extra, "train.batch_size": 4}), tmp_path / "half")
     assert two.world_size == 2 and two.steps == 5
     info = json.loads((tmp_path / "two" / T.TRAIN_INFO_FILE).read_text())
