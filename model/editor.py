@@ -55,9 +55,11 @@ def load_parts(base_model: str, in_channels: int = EDITOR_IN_CHANNELS) -> Editor
 
     source = resolve_base(base_model)
     try:
-        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet")
-        vae = AutoencoderKL.from_pretrained(source, subfolder="vae")
-        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder")
+        # float32 master weights whatever the checkpoint holds (ours ship fp16; transformers would
+        # otherwise keep the text encoder in fp16); training casts the frozen parts as configured.
+        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=torch.float32)
+        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32)
+        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", torch_dtype=torch.float32)
         tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
         noise_scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler")
     except (OSError, ValueError) as e:

@@ -56,8 +56,11 @@ def load_sdedit(base_model: str, device: torch.device):
 
     from datagen.shapes.models import resolve_model
 
+    # float32 on every part: a checkpoint saved in fp16 (ours) would otherwise load with an fp16
+    # text encoder beside an fp32 VAE and fail in img2img's encode.
     pipe = StableDiffusionImg2ImgPipeline.from_pretrained(
-        resolve_model(base_model, "t2i"), safety_checker=None, requires_safety_checker=False)
+        resolve_model(base_model, "t2i"), torch_dtype=torch.float32, safety_checker=None,
+        requires_safety_checker=False)
     pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
