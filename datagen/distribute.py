@@ -27,24 +27,9 @@ class _ShardActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import json
-        import socket
 
-        rows = []
-        for shard in batch["shard"]:
-            stats: ShardStats = self.worker.process_shard(int(shard))
-            stats.extra.setdefault("node", socket.gethostname())
-            stats.extra.setdefault("node_id", _node_id())
-            rows.append(json.dumps(stats.to_row()))
+        rows = [json.dumps(self.worker.process_shard(int(shard)).to_row()) for shard in batch["shard"]]
         return {"stats": np.array(rows, dtype=object)}
-
-
-def _node_id() -> str:
-    try:
-        import ray
-
-        return ray.get_runtime_context().get_node_id()
-    except Exception:  # not inside Ray
-        return ""
 
 
 def init_ray(address: str | None = None) -> None:

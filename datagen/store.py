@@ -92,7 +92,10 @@ class RunStore:
         return path
 
     def write_stats(self, stats: ShardStats) -> Path:
-        """Mark a shard done. Call this last, after every other file of the shard is in place."""
+        """Mark a shard done. Call this last, after every other file of the shard is in place.
+        Records where the shard ran (host, Ray node id), so a run shows how work spread."""
+        for key, value in placement().items():
+            stats.extra.setdefault(key, value)
         path = self.stats_path(stats.stage, stats.shard)
         with self.atomic_path(path) as tmp:
             tmp.write_text(json.dumps(stats.to_row(), indent=1, sort_keys=True))
@@ -141,3 +144,18 @@ class RunStore:
         with self.atomic_path(path) as tmp:
             tmp.write_text(json.dumps(summary, indent=1, sort_keys=True))
         return summary
+
+
+def placement() -> dict[str, str]:
+    """This process's host name and Ray node id ("" outside Ray)."""
+    import socket
+
+    node_id = ""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            node_id = ray.get_runtime_context().get_node_id()
+    except Exception:  # Ray absent or not inside a worker
+        pass
+    return {"host": socket.gethostname(), "node_id": node_id}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import socket
 import time
 from collections import Counter
 from dataclasses import fields
@@ -115,7 +114,6 @@ class Worker:
 
         triples = [self._triple(d) for d in kept]
         self.store.write_table(STAGE, shard, [t.to_row() for t in triples], schema=TRIPLE_SCHEMA)
-        extra.update(node_id=_ray_node_id(), host=socket.gethostname())
         stats = ShardStats(STAGE, shard, count_in=len(sources), count_out=len(triples),
                            seconds=round(time.time() - t0, 3), rejections=dict(rejections), extra=extra)
         self.store.write_stats(stats)  # last: marks the shard done
@@ -140,15 +138,3 @@ def finalize(cfg: PipelineConfig, store: RunStore) -> dict:
     if repeated:
         raise RuntimeError(f"captions: {len(repeated)} triple id(s) occur more than once, e.g. {repeated[:3]}")
     return {"triples": len(rows), "edit_kinds": dict(Counter(r["edit_kind"] or "unknown" for r in rows))}
-
-
-def _ray_node_id() -> str:
-    """The Ray node this shard ran on ("" outside Ray): lets a run show how work spread."""
-    try:
-        import ray
-
-        if ray.is_initialized():
-            return ray.get_runtime_context().get_node_id()
-    except Exception:  # Ray absent or not inside a worker
-        pass
-    return ""

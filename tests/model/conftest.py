@@ -57,7 +57,9 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def editor_server(tiny_editor_dir, tmp_path_factory):
-    """`python -m model.cli_edit serve` in its own process; torn down at the end of the session."""
+    """`python -m model.cli_edit serve` in its own process; torn down at the end of the session.
+    EDITSYNTH_SERVE_MODEL=shapes serves the shipped shapes editor instead of the tiny random one
+    (with EDITSYNTH_SCREENSHOT=docs/serve.png: the README's screenshot)."""
     import os
     import subprocess
     import sys
@@ -73,7 +75,8 @@ def editor_server(tiny_editor_dir, tmp_path_factory):
     log_path = tmp / "server.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "model.cli_edit", "serve", "--model", str(tiny_editor_dir),
+            [sys.executable, "-m", "model.cli_edit", "serve",
+             "--model", os.environ.get("EDITSYNTH_SERVE_MODEL", str(tiny_editor_dir)),
              "--port", str(port), *SERVER_ARGS],
             cwd=Path(__file__).resolve().parents[2], env=env, stdout=log, stderr=subprocess.STDOUT)
     server = RunningServer(f"http://127.0.0.1:{port}", proc, log_path)

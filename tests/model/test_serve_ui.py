@@ -1,7 +1,8 @@
 """The web UI of ``editsynth serve`` in a real headless Chromium (selenium + Debian's chromedriver):
 upload, edit, chain, undo, see the result, download it.
 
-Set EDITSYNTH_SCREENSHOT=docs/serve.png to save a screenshot of the UI after the edits.
+Set EDITSYNTH_SCREENSHOT=docs/serve.png to save a screenshot of the UI after the edits (and
+EDITSYNTH_SERVE_MODEL=shapes to show the shipped shapes editor at work).
 """
 from __future__ import annotations
 

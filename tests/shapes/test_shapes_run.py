@@ -36,6 +36,9 @@ def shapes_run(tmp_path_factory):
 def test_shapes_run_writes_every_stage_and_the_export(shapes_run):
     for stage in ("captions", "render", "filter"):
         assert json.loads((shapes_run / stage / "summary.json").read_text())["shards"] == 2
+        for stats in (shapes_run / stage).glob("*.stats.json"):   # where each shard ran, on disk
+            extra = json.loads(stats.read_text())["extra"]
+            assert extra["host"] and len(extra["node_id"]) > 8, (stats, extra)
     assert list((shapes_run / "export").rglob("*.tar")) and list((shapes_run / "export").rglob("*.parquet"))
     assert (shapes_run / "report" / "audit.html").stat().st_size > 10_000
 
