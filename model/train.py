@@ -217,12 +217,18 @@ def train_process(cfg: TrainConfig, out: str | Path, command: str | None = None)
         accelerator.register_for_checkpointing(ema)
 
     step, resumed_from = 0, 0
+    # Training time and the last logged loss travel in every checkpoint, so a killed run's
+    # time is not lost and a resume with nothing left to do still reports them.
+    seconds_before, last_loss = 0.0, None
     checkpoints = list_checkpoints(out)
     if checkpoints:
         ckpt = checkpoints[-1]
         accelerator.load_state(str(ckpt))
         state = json.loads((ckpt / STATE_FILE).read_text())
         step = resumed_from = state["step"]
+        info = out / TRAIN_INFO_FILE   # checkpoints of older versions carry no time: the last finished run's
+        before = json.loads(info.read_text()).get("seconds_total", 0.0) if info.exists() else 0.0
+        seconds_before, last_loss = state.get("seconds_total", before), state.get("loss")
         now = (accelerator.num_processes, cfg.batch_size, cfg.gradient_accumulation_steps)
         was = (state.get("world_size"), state.get("batch_size"), state.get("gradient_accumulation_steps"))
         if now != was:
@@ -253,7 +259,6 @@ def train_process(cfg: TrainConfig, out: str | Path, command: str | None = None)
              step, cfg.max_steps, device)
     loss_sum = torch.zeros((), device=device)
     loss_count, window_start, window_samples = 0, time.time(), 0
-    last_loss = None
     batches = iter(loader)
     while step < cfg.max_steps:
         batch = next(batches)
@@ -289,6 +294,7 @@ def train_process(cfg: TrainConfig, out: str | Path, command: str | None = None)
             _save_checkpoint(accelerator, out, step, {
                 "step": step, "world_size": accelerator.num_processes, "batch_size": cfg.batch_size,
                 "gradient_accumulation_steps": cfg.gradient_accumulation_steps, "loss": last_loss,
+                "seconds_total": seconds_before + time.time() - started,
             }, cfg.keep_checkpoints)
         if sample_examples and (step % cfg.sample_every == 0 or step == cfg.max_steps):
             _save_sample_grid(parts, accelerator.unwrap_model(unet), ema, sample_examples, cfg,
@@ -303,19 +309,16 @@ def train_process(cfg: TrainConfig, out: str | Path, command: str | None = None)
         final_unet = final_unet.to(torch.float32, memory_format=torch.contiguous_format)
         parts.vae, parts.text_encoder = parts.vae.float(), parts.text_encoder.float()
         editor.save_pipeline(parts, out, final_unet)
-        prior = {}
-        if (out / TRAIN_INFO_FILE).exists():
-            prior = json.loads((out / TRAIN_INFO_FILE).read_text())
         (out / TRAIN_INFO_FILE).write_text(json.dumps({
             "base_model": cfg.base_model, "base_source": parts.source, "data": cfg.data, "split": cfg.split,
             "steps": step, "final_loss": last_loss, "resumed_from": resumed_from, "device": str(device),
             "world_size": accelerator.num_processes,
-            "seconds_total": prior.get("seconds_total", 0.0) + seconds,
+            "seconds_total": seconds_before + seconds,
             "effective_batch": cfg.batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes,
             "config": cfg.model_dump(),
         }, indent=1))
         _write_model_card(out, cfg, command or _command_line(), step, last_loss, str(device),
-                          accelerator.num_processes, prior.get("seconds_total", 0.0) + seconds)
+                          accelerator.num_processes, seconds_before + seconds)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(str(out), step, last_loss, seconds, resumed_from, accelerator.num_processes, str(device))

@@ -96,6 +96,9 @@ def test_resume_after_sigkill_continues_with_the_same_data_and_state(tmp_path, t
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["steps"] == 30 and summary["resumed_from"] >= 10
+    # The killed process's training time is carried by its checkpoint, not lost with it.
+    info = json.loads((tmp_path / "killed" / T.TRAIN_INFO_FILE).read_text())
+    assert info["seconds_total"] > summary["seconds"] and info["final_loss"] is not None
 
     # The uninterrupted run of the same command, in this process.
     T.train(_cfg(tiny_sd_dir, pairs_dir, **extra), tmp_path / "straight")
