@@ -61,8 +61,10 @@ def write_model_card(weights_dir: Path = SHIPPED_DIR) -> Path:
                 "are `editsynth shapes eval-t2i` on the shipped weights (with the VAE of `vae_step`).",
                 ["step", "minutes", "device", "loss", "evaluation", "vae_step", "ema_background", "ema_count",
                  "ema_colour", "ema_shape", "ema_size", "ema_all", "raw_all"]),
-        "editor": ("Editor: oracle edit accuracy and preservation on held-out rendered scenes.",
-                   ["step", "minutes", "device", "edit_accuracy", "preservation"]),
+        "editor": ("Editor: oracle edit accuracy and preservation on held-out rendered scenes, beside the SDEdit "
+                   "baseline on the same scenes (`settings` says how they were edited).",
+                   ["step", "minutes", "device", "edit_accuracy", "preservation", "edit_correct",
+                    "sdedit_edit_accuracy", "sdedit_preservation", "sdedit_edit_correct", "settings"]),
     }
     for name, (text, keys) in sections.items():
         log = weights_dir / f"{name}.log.jsonl"

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from . import data, grammar, oracle
-from .models import (CLIP_PRESETS, SHIPPED_CLIP, SHIPPED_DIR, SHIPPED_EDITOR, SHIPPED_T2I, T2I_PRESETS, build_clip, build_scheduler,
-                     build_tokenizer, build_unet, build_vae, openclip_text_to_hf, save_clip)
+from .models import (CLIP_PRESETS, SHIPPED_CLIP, SHIPPED_DIR, SHIPPED_EDITOR, SHIPPED_T2I, T2I_PRESETS, build_clip,
+                     build_scheduler, build_tokenizer, build_unet, build_vae, openclip_text_to_hf, save_clip)
 
 log = logging.getLogger(__name__)
 HELD_OUT_SEED = -1_000_000   # held-out scenes come from negative seeds
@@ -206,11 +206,20 @@ def publish_vae(vae, step: int, metrics: dict) -> Path:
 
     out = SHIPPED_T2I / "vae"
     copy.deepcopy(vae).to(torch.float16).save_pretrained(out, safe_serialization=True)
-    config = json.loads((out / "config.json").read_text())
-    if config.pop("_name_or_path", None) is not None:   # a path of this machine: not for the repo
-        (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    _drop_local_paths(out)
     (out / "train_state.json").write_text(json.dumps({"step": step, **metrics}))
     return out
+
+
+def _drop_local_paths(folder: Path) -> None:
+    """Remove ``_name_or_path`` (where a model was loaded from on this machine) from the diffusers
+    configs under ``folder``: a path of one machine does not belong in shipped weights."""
+    for config_path in [folder / "model_index.json", *folder.rglob("config.json")]:
+        if not config_path.exists():
+            continue
+        config = json.loads(config_path.read_text())
+        if config.pop("_name_or_path", None) is not None:
+            config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _shipped_step(folder: Path) -> int | None:
@@ -422,6 +431,7 @@ def publish_editor(trained: str | Path, evaluation: str | Path | None = None) ->
     pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(trained, torch_dtype=torch.float16,
                                                                   safety_checker=None, requires_safety_checker=False)
     pipe.save_pretrained(SHIPPED_EDITOR, safe_serialization=True)
+    _drop_local_paths(SHIPPED_EDITOR)
     for name in ("README.md", "editsynth_train.json"):
         shutil.copyfile(trained / name, SHIPPED_EDITOR / name)
     row = {"step": info["steps"], "minutes": round(info["seconds_total"] / 60, 1), "device": info["device"],

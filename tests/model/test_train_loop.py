@@ -167,6 +167,8 @@ def test_a_trained_editor_is_published_as_shapes_with_its_oracle_figures(tmp_pat
     unet = load_file(str(shipped / "editor" / "unet" / "diffusion_pytorch_model.safetensors"))
     assert {t.dtype for t in unet.values()} == {torch.float16}          # small to ship
     assert "| steps | 3 |" in (shipped / "editor" / "README.md").read_text()
+    for config in (shipped / "editor").rglob("*.json"):          # no path of this machine shipped
+        assert "_name_or_path" not in json.loads(config.read_text()), config
     row = json.loads((shipped / "editor.log.jsonl").read_text().splitlines()[-1])
     assert row["step"] == 3 and row["device"] == "cpu"
     assert row["edit_accuracy"] == round(figures["edit_accuracy"], 4)
