@@ -211,6 +211,9 @@ class EvalConfig(Section):
     # --oracle: held-out rendered scenes (negative seeds, never used for training data).
     oracle_num_scenes: int = Field(210, ge=1)
     oracle_image_guidance: float = Field(1.5, ge=0)
+    # More image-guidance scales to judge the editor at (the paper's s_I axis; the headline keys
+    # stay at oracle_image_guidance): a weak editor trades edits for preservation along it.
+    oracle_image_guidance_sweep: list[float] = []
     oracle_text_guidance: float = Field(7.5, ge=0)
     oracle_sdedit_strength: float = Field(0.6, gt=0, le=1)
 

@@ -289,8 +289,17 @@ def evaluate_oracle(editor_model: str, cfg: EvalConfig, out: str | Path, base_mo
                 for before, after, t in zip(inputs, outputs, triples)]
 
     editor = load_editor(editor_model, device=device)
-    edited = edit_batch(editor, inputs, [t.instruction for t in triples], cfg.steps, cfg.oracle_text_guidance,
+    instructions = [t.instruction for t in triples]
+    edited = edit_batch(editor, inputs, instructions, cfg.steps, cfg.oracle_text_guidance,
                         cfg.oracle_image_guidance, cfg.seed, cfg.batch_size, seeds)
+    sweep = []
+    for s_img in cfg.oracle_image_guidance_sweep:
+        outputs = edited if s_img == cfg.oracle_image_guidance else edit_batch(
+            editor, inputs, instructions, cfg.steps, cfg.oracle_text_guidance, s_img, cfg.seed, cfg.batch_size, seeds)
+        point = oracle_summary(kinds, {"editor": judge(outputs)})
+        sweep.append({"image_guidance_scale": s_img, **{k: point[k] for k in
+                                                        ("edit_accuracy", "preservation", "edit_correct")}})
+        log.info("oracle s_I=%.2f: %s", s_img, sweep[-1])
     del editor
     judged = {"editor": judge(edited), "identity": judge(inputs)}
     if base_model:
@@ -305,6 +314,8 @@ def evaluate_oracle(editor_model: str, cfg: EvalConfig, out: str | Path, base_mo
         "sdedit_strength": cfg.oracle_sdedit_strength, "seed": cfg.seed, "device": str(dev),
         "seconds": round(time.time() - started, 2),
     })
+    if sweep:
+        result["image_guidance_sweep"] = sweep
     _save_oracle_grid(inputs, edited, triples, out / "oracle_examples.png")
     (out / ORACLE_FILE).write_text(json.dumps(result, indent=1))
     return result

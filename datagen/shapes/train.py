@@ -335,7 +335,7 @@ def train_unet(steps: int = 6000, batch_size: int = 64, lr: float = 6e-4, seed: 
         log.info("unet: resumed from the shipped (EMA) weights at step %d", step)
     gen = torch.Generator().manual_seed(seed + step)
     alphas = sched.alphas_cumprod.to(dev)
-    t0, last_save = time.time(), time.time()
+    t0, last_save, first_step = time.time(), time.time(), step
     while step < steps:
         for g in opt.param_groups:
             g["lr"] = _lr(step, lr, 200, steps)
@@ -368,7 +368,7 @@ def train_unet(steps: int = 6000, batch_size: int = 64, lr: float = 6e-4, seed: 
             for pe, pm in zip(ema.parameters(), unet.parameters()):
                 pe.lerp_(pm, 1 - decay)
         if step % 50 == 0:
-            log.info("unet step %d loss %.4f (%.2f s/step)", step, loss.item(), (time.time() - t0) / max(1, step))
+            log.info("unet step %d loss %.4f (%.2f s/step)", step, loss.item(), (time.time() - t0) / (step - first_step))
         if step % eval_every == 0 or step == steps or time.time() - last_save > 600:
             _save_state(state_path, model=unet.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), step=step)
             row = {"step": step, "loss": round(loss.item(), 4), "minutes": round((time.time() - t0) / 60, 2),
@@ -408,6 +408,7 @@ def publish_t2i(pipe, step: int, metrics: dict) -> Path:
 
     half = copy.deepcopy(pipe).to(torch.float16)
     half.save_pretrained(SHIPPED_T2I, safe_serialization=True)
+    _drop_local_paths(SHIPPED_T2I)   # a VAE resumed from the shipped folder carries its path
     (SHIPPED_T2I / "train_state.json").write_text(json.dumps({"step": step, **metrics}))
     return SHIPPED_T2I
 

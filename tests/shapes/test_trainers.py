@@ -14,6 +14,7 @@ def weights(tmp_path, monkeypatch, one_thread):
     shipped = tmp_path / "weights"
     monkeypatch.setattr(train, "SHIPPED_DIR", shipped)
     monkeypatch.setattr(train, "SHIPPED_T2I", shipped / "t2i")
+    monkeypatch.setattr(train, "SHIPPED_CLIP", shipped / "clip")
     return shipped
 
 
@@ -52,3 +53,17 @@ def test_decoder_only_fine_tuning_keeps_the_encoder_and_resumes_from_the_publish
 def test_decoder_only_without_a_trained_vae_says_what_is_missing(weights, tmp_path):
     with pytest.raises(FileNotFoundError, match="decoder-only"):
         train.train_vae(steps=2, work=tmp_path / "none", preset="test", decoder_only=True)
+
+
+def test_unet_training_over_the_published_vae_ships_no_machine_paths(weights, tmp_path):
+    train.train_clip(steps=2, batch_size=8, work=tmp_path / "clip-run", eval_every=100, preset="test")
+    train.train_vae(steps=2, batch_size=4, work=tmp_path / "vae-run", eval_every=100, preset="test")
+    # A fresh work folder: the UNet trainer loads the VAE from the published folder (from_pretrained
+    # records where it came from) and must not ship that path in the pipeline it publishes.
+    train.train_unet(steps=2, batch_size=4, work=tmp_path / "unet-run", eval_every=100, preset="test",
+                     num_scenes=16)
+    configs = [weights / "t2i" / "model_index.json", *(weights / "t2i").rglob("config.json")]
+    assert len(configs) >= 4
+    for config in configs:
+        assert "_name_or_path" not in json.loads(config.read_text()), config
+    assert json.loads((weights / "t2i" / "train_state.json").read_text())["step"] == 2
