@@ -348,5 +348,7 @@ def base_model_of(editor_model: str, fallback: str) -> str:
     except FileNotFoundError:
         return fallback
     if info.exists():
-        return json.loads(info.read_text()).get("base_model", fallback)
+        record = json.loads(info.read_text())
+        # An editor retrained from an editor: SDEdit needs the Stable Diffusion at the chain's root.
+        return record.get("sd_base_model", record.get("base_model", fallback))
     return fallback

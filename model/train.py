@@ -309,19 +309,45 @@ def train_process(cfg: TrainConfig, out: str | Path, command: str | None = None)
         final_unet = final_unet.to(torch.float32, memory_format=torch.contiguous_format)
         parts.vae, parts.text_encoder = parts.vae.float(), parts.text_encoder.float()
         editor.save_pipeline(parts, out, final_unet)
-        (out / TRAIN_INFO_FILE).write_text(json.dumps({
+        info = {
             "base_model": cfg.base_model, "base_source": parts.source, "data": cfg.data, "split": cfg.split,
             "steps": step, "final_loss": last_loss, "resumed_from": resumed_from, "device": str(device),
             "world_size": accelerator.num_processes,
             "seconds_total": seconds_before + seconds,
             "effective_batch": cfg.batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes,
+            **lineage(parts.source, cfg.base_model),
             "config": cfg.model_dump(),
-        }, indent=1))
+        }
+        (out / TRAIN_INFO_FILE).write_text(json.dumps(info, indent=1))
         _write_model_card(out, cfg, command or _command_line(), step, last_loss, str(device),
-                          accelerator.num_processes, seconds_before + seconds)
+                          accelerator.num_processes, seconds_before + seconds, info.get("retrained_from"))
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(str(out), step, last_loss, seconds, resumed_from, accelerator.num_processes, str(device))
+
+
+def lineage(base_source: str, base_model: str) -> dict:
+    """Where an editor comes from when its base is itself an editor (retraining on new data):
+    ``sd_base_model``, the Stable Diffusion at the root of the chain (SDEdit's baseline), and
+    ``retrained_from``, the base editor's own record without its config. Published editors are
+    overwritten in place, so the chain is copied here rather than pointed to."""
+    prior_path = Path(base_source) / TRAIN_INFO_FILE
+    if not prior_path.exists():
+        return {"sd_base_model": base_model}
+    prior = json.loads(prior_path.read_text())
+    prior.pop("config", None)
+    return {"sd_base_model": prior.get("sd_base_model", prior.get("base_model", base_model)),
+            "retrained_from": prior}
+
+
+def chain_totals(info: dict) -> tuple[int, float]:
+    """Steps and seconds of an editor summed over its whole retraining chain."""
+    steps, seconds = 0, 0.0
+    while info:
+        steps += info.get("steps", 0)
+        seconds += info.get("seconds_total", 0.0)
+        info = info.get("retrained_from")
+    return steps, seconds
 
 
 def _command_line() -> str:
@@ -332,9 +358,15 @@ def _command_line() -> str:
 
 
 def _write_model_card(out: Path, cfg: TrainConfig, command: str, steps: int, loss, device: str, world: int,
-                      seconds: float) -> None:
+                      seconds: float, retrained_from: dict | None = None) -> None:
     """README.md of the editor directory: how it was made, so it can be made again."""
     eff = cfg.batch_size * cfg.gradient_accumulation_steps * world
+    before = ""
+    if retrained_from:
+        prior_steps, prior_seconds = chain_totals(retrained_from)
+        before = (f"\nThe base is itself an editor (retraining on new data): before this run it had trained "
+                  f"{prior_steps} steps in {prior_seconds / 60:.1f} min, from `{retrained_from.get('sd_base_model', retrained_from.get('base_model'))}` "
+                  f"(the chain is in `editsynth_train.json`, key `retrained_from`).\n")
     (out / "README.md").write_text(
         "---\nlibrary_name: diffusers\npipeline_tag: image-to-image\ntags: [instruct-pix2pix, editsynth]\n---\n"
         f"# InstructPix2Pix editor trained with editsynth\n\n"
@@ -346,7 +378,7 @@ def _write_model_card(out: Path, cfg: TrainConfig, command: str, steps: int, los
         f"| conditioning dropout (text / image / both) | {cfg.conditioning_dropout_text} / "
         f"{cfg.conditioning_dropout_image} / {cfg.conditioning_dropout_both} |\n"
         f"| final loss | {loss if loss is None else round(loss, 5)} |\n| device | {device} |\n"
-        f"| training time | {seconds / 60:.1f} min |\n\nCommand:\n\n```\n{command}\n```\n\n"
+        f"| training time | {seconds / 60:.1f} min |\n{before}\nCommand:\n\n```\n{command}\n```\n\n"
         "Full configuration: `editsynth_train.json`.\n")
 
 

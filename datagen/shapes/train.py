@@ -438,6 +438,12 @@ def publish_editor(trained: str | Path, evaluation: str | Path | None = None) ->
     row = {"step": info["steps"], "minutes": round(info["seconds_total"] / 60, 1), "device": info["device"],
            "world_size": info["world_size"], "effective_batch": info["effective_batch"], "data": info["data"],
            "final_loss": info["final_loss"]}
+    if info.get("retrained_from"):
+        from model.train import chain_totals
+
+        total_steps, total_seconds = chain_totals(info)
+        row.update({"retrained_from_steps": total_steps - info["steps"], "total_steps": total_steps,
+                    "total_minutes": round(total_seconds / 60, 1)})
     if evaluation is not None:
         figures = json.loads((Path(evaluation) / "oracle_edit.json").read_text())
         row.update({k: round(v, 4) for k, v in figures.items() if isinstance(v, float) and not k.endswith("scale")

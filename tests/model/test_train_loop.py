@@ -176,3 +176,18 @@ def test_a_trained_editor_is_published_as_shapes_with_its_oracle_figures(tmp_pat
     assert load_editor("shapes", device="cpu") is not None             # `shapes` now resolves to it
     with pytest.raises(FileNotFoundError, match="not a finished"):
         shapes_train.publish_editor(tmp_path / "eval")
+
+    # Retraining the shipped editor on more data: the new one records its chain, SDEdit still
+    # compares against the Stable Diffusion at the root, and publishing it (over its own base)
+    # keeps the whole history.
+    cfg = _cfg(tiny_sd_dir, pairs_dir, **{"train.base_model": shipped / "editor", "train.max_steps": 2,
+                                          "train.batch_size": 2, "train.num_sample_images": 0})
+    T.train(cfg, tmp_path / "again")
+    info = json.loads((tmp_path / "again" / T.TRAIN_INFO_FILE).read_text())
+    assert info["sd_base_model"] == str(tiny_sd_dir) and info["retrained_from"]["steps"] == 3
+    assert E.base_model_of(str(tmp_path / "again"), "fallback") == str(tiny_sd_dir)
+    assert "trained 3 steps" in (tmp_path / "again" / "README.md").read_text()
+    shapes_train.publish_editor(tmp_path / "again")
+    row = json.loads((shipped / "editor.log.jsonl").read_text().splitlines()[-1])
+    assert (row["step"], row["retrained_from_steps"], row["total_steps"]) == (2, 3, 5)
+    assert E.base_model_of("shapes", "fallback") == str(tiny_sd_dir)
