@@ -15,7 +15,7 @@ def _train_vae(args):
     from .train import train_vae
 
     print(json.dumps(train_vae(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                               work=args.work, decoder_only=args.decoder_only)))
+                               work=args.work, decoder_only=args.decoder_only, edge_weight=args.edge_weight)))
 
 
 def _train_t2i(args):
@@ -67,6 +67,8 @@ def register(sub) -> None:
             p.add_argument("--decoder-only", action="store_true",
                            help="fine-tune only the decoder of the trained VAE: latents, and the UNet trained "
                                 "on them, stay valid")
+            p.add_argument("--edge-weight", type=float, default=0.0,
+                           help="extra loss weight on the pixels along object outlines (sharper small shapes)")
         if name == "train-t2i":
             p.add_argument("--vae-steps", type=int, default=0, help="train the VAE this far first")
         p.set_defaults(func=func)

@@ -46,6 +46,13 @@ def object_mask(scenes: list[world.Scene], size: int = 64) -> torch.Tensor:
     return torch.from_numpy(np.stack(masks))[:, None]
 
 
+def boundary_mask(mask: torch.Tensor) -> torch.Tensor:
+    """1 on the pixels either side of an object's outline (dilation minus erosion, 3x3), else 0."""
+    dilated = torch.nn.functional.max_pool2d(mask, 3, stride=1, padding=1)
+    eroded = -torch.nn.functional.max_pool2d(-mask, 3, stride=1, padding=1)
+    return dilated - eroded
+
+
 def degrade(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Random blur and noise, so that models trained on clean renders also read generated images."""
     n = x.shape[0]

@@ -30,3 +30,22 @@ def test_object_colour_differs_from_background():
     for _ in range(500):
         scene = world.sample_scene(rng)
         assert all(o.colour != scene.background for o in scene.objects)
+
+
+def test_training_masks_cover_the_objects_and_their_outlines():
+    from datagen.shapes import data
+
+    scene = world.Scene("white", (world.ShapeObject("square", "red", "large", "middle", y=32),))
+    mask = data.object_mask([scene], 64)
+    rendered = np.asarray(world.render(scene, 64))
+    assert mask.shape == (1, 1, 64, 64)
+    assert np.array_equal(mask[0, 0].numpy() > 0, (rendered != rendered[0, 0]).any(-1))   # exactly the drawn pixels
+    ring = data.boundary_mask(mask)[0, 0].numpy()
+    inside = mask[0, 0].numpy()
+    # A band one pixel either side of the outline: on the object's border and just outside it,
+    # never deep inside or far out.
+    assert ring.max() == 1 and 0 < ring.sum() < inside.sum()
+    ys, xs = np.nonzero(inside)
+    assert ring[ys.min(), xs.min()] == 1 and ring[ys.min() - 1, xs.min()] == 1
+    assert ring[(ys.min() + ys.max()) // 2, (xs.min() + xs.max()) // 2] == 0
+    assert ring[0, 0] == 0
