@@ -390,8 +390,13 @@ def _ray_worker(config: dict) -> None:
 
 
 def _absolute_if_local(path: str) -> str:
-    """A path that exists here, made absolute; anything else (hub ids, `shapes`) unchanged."""
-    return str(Path(path).resolve()) if path and Path(path).exists() else path
+    """A path that exists here, or a relative shard pattern (``*``, ``?``, ``{a,b}``), made
+    absolute; anything else (hub ids, `shapes`) unchanged."""
+    if path and Path(path).exists():
+        return str(Path(path).resolve())
+    if path and any(ch in path for ch in "*?{") and not os.path.isabs(path):
+        return os.path.join(os.getcwd(), path)
+    return path
 
 
 def train_on_ray(cfg: TrainConfig, out: str | Path, num_workers: int, ray_address: str | None = None,

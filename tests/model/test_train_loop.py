@@ -126,10 +126,10 @@ def test_two_ray_train_workers_train_the_same_model_as_one_process(tmp_path, tin
 
     extra = {"train.max_steps": 5, "train.checkpoint_every": 5, "train.log_every": 1, "train.use_ema": False}
     one = T.train(_cfg(tiny_sd_dir, pairs_dir, **{**extra, "train.batch_size": 8}), tmp_path / "one")
-    # Relative local paths, as people type them: Ray workers run in other folders and must still
-    # find the data and the base model.
+    # Relative local paths and shard patterns, as people type them: Ray workers run in other
+    # folders and must still find the data and the base model.
     monkeypatch.chdir(tmp_path)
-    two = T.train(_cfg(os.path.relpath(tiny_sd_dir), os.path.relpath(pairs_dir),
+    two = T.train(_cfg(os.path.relpath(tiny_sd_dir), os.path.join(os.path.relpath(pairs_dir), "*.tar"),
                        **{**extra, "train.batch_size": 4}), "two", num_workers=2)
     half = T.train(_cfg(tiny_sd_dir, pairs_dir, **{**extra, "train.batch_size": 4}), tmp_path / "half")
     assert two.world_size == 2 and two.steps == 5
