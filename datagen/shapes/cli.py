@@ -41,6 +41,12 @@ def _publish_editor(args):
     print(write_model_card())
 
 
+def _adopt_decoder(args):
+    from .train import SHIPPED_T2I, adopt_decoder
+
+    print(adopt_decoder(args.editor, args.vae or SHIPPED_T2I / "vae"))
+
+
 def _report(args):
     from .evaluate import write_oracle_report
 
@@ -86,6 +92,13 @@ def register(sub) -> None:
     p.add_argument("trained", help="the training output folder (DIR)")
     p.add_argument("--eval", help="the folder holding oracle_edit.json (EVAL)")
     p.set_defaults(func=_publish_editor)
+    p = ssub.add_parser("adopt-decoder", help="give a trained editor the decoder of a decoder-only fine-tuned VAE",
+                        description="Replace the VAE of the editor in EDITOR (a diffusers folder) by --vae (default: "
+                                    "the shipped T2I's), after checking that both encode identically, so that "
+                                    "the editor's latents stay valid while its outputs decode sharper.")
+    p.add_argument("editor", help="the editor's folder (e.g. a train_editor.py --out DIR)")
+    p.add_argument("--vae", help="the VAE folder (default datagen/shapes/weights/t2i/vae)")
+    p.set_defaults(func=_adopt_decoder)
     p = ssub.add_parser("report", help="add shapes-world figures (P2P modes, model scores) to RUN/report/oracle.json",
                         description="Re-render a sample of the run's triples with P2P self, cross and no sharing "
                                     "(same seeds) and judge them with the oracle; add the shipped models' held-out "

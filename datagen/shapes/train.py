@@ -421,6 +421,37 @@ def publish_t2i(pipe, step: int, metrics: dict) -> Path:
 # ---------------------------------------------------------------------------------------
 # The editor (trained by model/, published here)
 # ---------------------------------------------------------------------------------------
+ENCODER_PREFIXES = ("encoder.", "quant_conv.")
+
+
+def adopt_decoder(editor_dir: str | Path, vae_dir: str | Path = SHIPPED_T2I / "vae") -> Path:
+    """Give an editor the decoder of a VAE that encodes exactly as its own (a ``--decoder-only``
+    fine-tune of it): the editor's latents, and all it learnt on them, stay valid while its
+    outputs decode sharper. Refuses a VAE whose encoder differs."""
+    from diffusers import AutoencoderKL
+
+    editor_dir, vae_dir = Path(editor_dir), Path(vae_dir)
+    own = AutoencoderKL.from_pretrained(editor_dir / "vae", torch_dtype=torch.float32)
+    new = AutoencoderKL.from_pretrained(vae_dir, torch_dtype=torch.float32)
+    mine, theirs = own.state_dict(), new.state_dict()
+    if mine.keys() != theirs.keys():
+        raise ValueError(f"{vae_dir} is not the same VAE architecture as {editor_dir / 'vae'}")
+    changed = [k for k in mine if k.startswith(ENCODER_PREFIXES) and not torch.equal(mine[k], theirs[k])]
+    if changed:
+        raise ValueError(f"{vae_dir} encodes differently from the editor's VAE ({len(changed)} encoder tensors "
+                         f"differ, e.g. {changed[0]}): the editor's latents would no longer fit; only a "
+                         "decoder-only fine-tune of the same VAE can be adopted")
+    new.register_to_config(scaling_factor=own.config.scaling_factor)   # the editor's latent scale
+    new.save_pretrained(editor_dir / "vae", safe_serialization=True)
+    _drop_local_paths(editor_dir / "vae")
+    info_path = editor_dir / "editsynth_train.json"
+    if info_path.exists():
+        info = json.loads(info_path.read_text())
+        info["vae_decoder_from"] = {"dir": str(vae_dir), "step": _shipped_step(vae_dir)}
+        info_path.write_text(json.dumps(info, indent=1))
+    return editor_dir / "vae"
+
+
 def publish_editor(trained: str | Path, evaluation: str | Path | None = None) -> Path:
     """Ship an editor trained by ``train_editor.py --pipeline shapes``: its pipeline in fp16 with
     its README (command, steps, device, time), and a log row with its oracle figures

@@ -191,3 +191,32 @@ def test_a_trained_editor_is_published_as_shapes_with_its_oracle_figures(tmp_pat
     row = json.loads((shipped / "editor.log.jsonl").read_text().splitlines()[-1])
     assert (row["step"], row["retrained_from_steps"], row["total_steps"]) == (2, 3, 5)
     assert E.base_model_of("shapes", "fallback") == str(tiny_sd_dir)
+
+
+def test_an_editor_adopts_the_decoder_of_a_decoder_only_fine_tune_and_refuses_another_vae(tmp_path, tiny_editor_dir):
+    import shutil
+
+    from diffusers import AutoencoderKL
+
+    from datagen.shapes import train as shapes_train
+
+    editor_dir = tmp_path / "editor"
+    shutil.copytree(tiny_editor_dir, editor_dir)
+    vae = AutoencoderKL.from_pretrained(editor_dir / "vae")
+    with torch.no_grad():                                  # a "decoder-only fine-tune": new decoder
+        for name, p in vae.named_parameters():
+            if name.startswith("decoder."):
+                p.add_(0.01)
+    vae.save_pretrained(tmp_path / "tuned")
+    shapes_train.adopt_decoder(editor_dir, tmp_path / "tuned")
+    adopted = AutoencoderKL.from_pretrained(editor_dir / "vae").state_dict()
+    assert all(torch.equal(adopted[k], v) for k, v in vae.state_dict().items())
+    assert "_name_or_path" not in json.loads((editor_dir / "vae" / "config.json").read_text())
+
+    with torch.no_grad():                                  # another encoder: latents would not fit
+        vae.encoder.conv_in.weight.add_(0.01)
+    vae.save_pretrained(tmp_path / "other")
+    with pytest.raises(ValueError, match="encodes differently"):
+        shapes_train.adopt_decoder(editor_dir, tmp_path / "other")
+    assert all(torch.equal(AutoencoderKL.from_pretrained(editor_dir / "vae").state_dict()[k], v)
+               for k, v in adopted.items())              # the refused VAE changed nothing
