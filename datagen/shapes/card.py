@@ -41,6 +41,11 @@ Logs: `weights/<model>.log.jsonl` (one JSON row per evaluation). Training resume
   T2I's caption match with the same UNet rose 0.675 -> 0.805 from the decoder alone. An edge
   weight of 20 at lr 2e-3 (the row at step 2250 with 0.48) wrecked shapes at once and was dropped.
 
+- The editor: `train_editor.py --pipeline shapes` from the tiny SD on pairs made by our own
+  pipeline, then retrained from that editor on 2.7x more triples (rows with `total_steps`), and
+  given the fine-tuned VAE decoder (`editsynth shapes adopt-decoder`, same encoder checked).
+  Its oracle figures are far below SDEdit's: see issue 6's notes for the diagnosis.
+
 Columns: `minutes` counts from the trainer's latest (re)start, not from step 0. VAE rows before
 step 399 were judged by the first oracle, which read the decoders' colour halos as object
 pixels; later rows by the current one (same images: all-correct 0.275 -> 0.44 at step 308).
@@ -68,7 +73,7 @@ def write_model_card(weights_dir: Path = SHIPPED_DIR) -> Path:
                  "ema_colour", "ema_shape", "ema_size", "ema_all", "raw_all"]),
         "editor": ("Editor: oracle edit accuracy and preservation on held-out rendered scenes, beside the SDEdit "
                    "baseline on the same scenes (`settings` says how they were edited).",
-                   ["step", "minutes", "device", "edit_accuracy", "preservation", "edit_correct",
+                   ["step", "minutes", "total_steps", "total_minutes", "device", "edit_accuracy", "preservation", "edit_correct",
                     "sdedit_edit_accuracy", "sdedit_preservation", "sdedit_edit_correct", "settings"]),
     }
     for name, (text, keys) in sections.items():
