@@ -292,16 +292,17 @@ def evaluate_oracle(editor_model: str, cfg: EvalConfig, out: str | Path, base_mo
     instructions = [t.instruction for t in triples]
     edited = edit_batch(editor, inputs, instructions, cfg.steps, cfg.oracle_text_guidance,
                         cfg.oracle_image_guidance, cfg.seed, cfg.batch_size, seeds)
+    edited_judged = judge(edited)
     sweep = []
     for s_img in cfg.oracle_image_guidance_sweep:
-        outputs = edited if s_img == cfg.oracle_image_guidance else edit_batch(
-            editor, inputs, instructions, cfg.steps, cfg.oracle_text_guidance, s_img, cfg.seed, cfg.batch_size, seeds)
-        point = oracle_summary(kinds, {"editor": judge(outputs)})
+        judged_at = edited_judged if s_img == cfg.oracle_image_guidance else judge(edit_batch(
+            editor, inputs, instructions, cfg.steps, cfg.oracle_text_guidance, s_img, cfg.seed, cfg.batch_size, seeds))
+        point = oracle_summary(kinds, {"editor": judged_at})
         sweep.append({"image_guidance_scale": s_img, **{k: point[k] for k in
                                                         ("edit_accuracy", "preservation", "edit_correct")}})
         log.info("oracle s_I=%.2f: %s", s_img, sweep[-1])
     del editor
-    judged = {"editor": judge(edited), "identity": judge(inputs)}
+    judged = {"editor": edited_judged, "identity": judge(inputs)}
     if base_model:
         sdedit = load_sdedit(base_model, dev)
         sd_out = sdedit_batch(sdedit, inputs, [t.output_caption for t in triples], cfg.oracle_sdedit_strength,
@@ -348,7 +349,8 @@ def base_model_of(editor_model: str, fallback: str) -> str:
     except FileNotFoundError:
         return fallback
     if info.exists():
-        record = json.loads(info.read_text())
+        from model.train import sd_base_model
+
         # An editor retrained from an editor: SDEdit needs the Stable Diffusion at the chain's root.
-        return record.get("sd_base_model", record.get("base_model", fallback))
+        return sd_base_model(json.loads(info.read_text()), fallback)
     return fallback

@@ -336,8 +336,12 @@ def lineage(base_source: str, base_model: str) -> dict:
         return {"sd_base_model": base_model}
     prior = json.loads(prior_path.read_text())
     prior.pop("config", None)
-    return {"sd_base_model": prior.get("sd_base_model", prior.get("base_model", base_model)),
-            "retrained_from": prior}
+    return {"sd_base_model": sd_base_model(prior, base_model), "retrained_from": prior}
+
+
+def sd_base_model(record: dict, fallback: str | None = None) -> str | None:
+    """The Stable Diffusion an editor record descends from (records before lineage: its base)."""
+    return record.get("sd_base_model", record.get("base_model", fallback))
 
 
 def chain_totals(info: dict) -> tuple[int, float]:
@@ -365,7 +369,7 @@ def _write_model_card(out: Path, cfg: TrainConfig, command: str, steps: int, los
     if retrained_from:
         prior_steps, prior_seconds = chain_totals(retrained_from)
         before = (f"\nThe base is itself an editor (retraining on new data): before this run it had trained "
-                  f"{prior_steps} steps in {prior_seconds / 60:.1f} min, from `{retrained_from.get('sd_base_model', retrained_from.get('base_model'))}` "
+                  f"{prior_steps} steps in {prior_seconds / 60:.1f} min, from `{sd_base_model(retrained_from)}` "
                   f"(the chain is in `editsynth_train.json`, key `retrained_from`).\n")
     (out / "README.md").write_text(
         "---\nlibrary_name: diffusers\npipeline_tag: image-to-image\ntags: [instruct-pix2pix, editsynth]\n---\n"
