@@ -237,6 +237,8 @@ class TrainConfig(Section):
     gradient_accumulation_steps: int = Field(4, ge=1)
     learning_rate: float = Field(1e-4, gt=0)
     lr_warmup_steps: int = Field(0, ge=0)
+    # The paper's constant rate, or a decay to zero at max_steps (a short CPU run ends annealed).
+    lr_scheduler: Literal["constant_with_warmup", "cosine", "linear"] = "constant_with_warmup"
     adam_beta1: float = Field(0.9, ge=0, lt=1)
     adam_beta2: float = Field(0.999, ge=0, lt=1)
     adam_weight_decay: float = Field(1e-2, ge=0)

@@ -205,7 +205,8 @@ def train_process(cfg: TrainConfig, out: str | Path, command: str | None = None)
         unet.to(memory_format=torch.channels_last)
 
     optimizer = _make_optimizer(cfg, unet.parameters(), device.type == "cuda")
-    lr_scheduler = get_scheduler("constant_with_warmup", optimizer=optimizer, num_warmup_steps=cfg.lr_warmup_steps)
+    lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer=optimizer, num_warmup_steps=cfg.lr_warmup_steps,
+                                 num_training_steps=cfg.max_steps)
     ema = None
     if cfg.use_ema:
         ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, foreach=True)

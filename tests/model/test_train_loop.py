@@ -72,6 +72,17 @@ def test_loss_falls_on_a_small_fixed_set_and_diffusers_loads_the_editor(tmp_path
     assert out.shape == (1, 32, 32, 3) and torch.isfinite(torch.from_numpy(out)).all()
 
 
+def test_a_cosine_learning_rate_warms_up_then_decays_to_zero_at_max_steps(tmp_path, tiny_sd_dir, pairs_dir):
+    cfg = _cfg(tiny_sd_dir, pairs_dir, **{
+        "train.max_steps": 8, "train.batch_size": 2, "train.lr_warmup_steps": 2, "train.lr_scheduler": "cosine",
+        "train.learning_rate": 1e-3, "train.log_every": 1, "train.num_sample_images": 0, "train.use_ema": False})
+    T.train(cfg, tmp_path / "run")
+    lrs = [row["lr"] for row in T.read_log(tmp_path / "run")]
+    assert len(lrs) == 8 and max(lrs) == pytest.approx(1e-3)
+    assert all(a > b for a, b in zip(lrs[1:], lrs[2:]))  # decays after warm-up ...
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)       # ... to zero exactly at max_steps
+
+
 def test_resume_after_sigkill_continues_with_the_same_data_and_state(tmp_path, tiny_sd_dir, pairs_dir):
     extra = {"train.max_steps": 30, "train.checkpoint_every": 10, "train.keep_checkpoints": 5}
     cmd = [sys.executable, str(REPO / "train_editor.py"), "--pipeline", "shapes", "--out", str(tmp_path / "killed")]
