@@ -214,6 +214,9 @@ class EvalConfig(Section):
     # More image-guidance scales to judge the editor at (the paper's s_I axis; the headline keys
     # stay at oracle_image_guidance): a weak editor trades edits for preservation along it.
     oracle_image_guidance_sweep: list[float] = []
+    # ... and at each of these text scales (empty: oracle_text_guidance only). The paper's 7.5
+    # is tuned for SD; a tiny editor may edit and keep best at another.
+    oracle_text_guidance_sweep: list[float] = []
     oracle_text_guidance: float = Field(7.5, ge=0)
     oracle_sdedit_strength: float = Field(0.6, gt=0, le=1)
 

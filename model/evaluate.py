@@ -268,6 +268,13 @@ def oracle_summary(kinds: list[str], judged: dict[str, list]) -> dict:
     return result
 
 
+def oracle_sweep_points(cfg: EvalConfig) -> list[tuple[float, float]]:
+    """(s_T, s_I) settings the oracle eval also judges: each image scale of the sweep at each text
+    scale of its own sweep (default: just the headline text scale)."""
+    texts = cfg.oracle_text_guidance_sweep or [cfg.oracle_text_guidance]
+    return [(s_text, s_img) for s_text in texts for s_img in cfg.oracle_image_guidance_sweep]
+
+
 def evaluate_oracle(editor_model: str, cfg: EvalConfig, out: str | Path, base_model: str | None,
                     device: str = "auto", image_size: int = 64) -> dict:
     """Edit held-out rendered scenes; the oracle judges editor, SDEdit and identity -> oracle_edit.json."""
@@ -294,13 +301,14 @@ def evaluate_oracle(editor_model: str, cfg: EvalConfig, out: str | Path, base_mo
                         cfg.oracle_image_guidance, cfg.seed, cfg.batch_size, seeds)
     edited_judged = judge(edited)
     sweep = []
-    for s_img in cfg.oracle_image_guidance_sweep:
-        judged_at = edited_judged if s_img == cfg.oracle_image_guidance else judge(edit_batch(
-            editor, inputs, instructions, cfg.steps, cfg.oracle_text_guidance, s_img, cfg.seed, cfg.batch_size, seeds))
+    headline = (cfg.oracle_text_guidance, cfg.oracle_image_guidance)
+    for s_text, s_img in oracle_sweep_points(cfg):
+        judged_at = edited_judged if (s_text, s_img) == headline else judge(edit_batch(
+            editor, inputs, instructions, cfg.steps, s_text, s_img, cfg.seed, cfg.batch_size, seeds))
         point = oracle_summary(kinds, {"editor": judged_at})
-        sweep.append({"image_guidance_scale": s_img, **{k: point[k] for k in
-                                                        ("edit_accuracy", "preservation", "edit_correct")}})
-        log.info("oracle s_I=%.2f: %s", s_img, sweep[-1])
+        sweep.append({"text_guidance_scale": s_text, "image_guidance_scale": s_img,
+                      **{k: point[k] for k in ("edit_accuracy", "preservation", "edit_correct")}})
+        log.info("oracle s_T=%.2f s_I=%.2f: %s", s_text, s_img, sweep[-1])
     del editor
     judged = {"editor": edited_judged, "identity": judge(inputs)}
     if base_model:

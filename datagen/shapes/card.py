@@ -72,9 +72,10 @@ def write_model_card(weights_dir: Path = SHIPPED_DIR) -> Path:
                 ["step", "minutes", "device", "loss", "evaluation", "vae_step", "ema_background", "ema_count",
                  "ema_colour", "ema_shape", "ema_size", "ema_all", "raw_all"]),
         "editor": ("Editor: oracle edit accuracy and preservation on held-out rendered scenes, beside the SDEdit "
-                   "baseline on the same scenes (`settings` says how they were edited).",
+                   "baseline on the same scenes (`settings` says how they were edited; `sweep_best`: the guidance "
+                   "setting of the eval's sweep with the most edits both made and kept).",
                    ["step", "minutes", "total_steps", "total_minutes", "device", "edit_accuracy", "preservation", "edit_correct",
-                    "sdedit_edit_accuracy", "sdedit_preservation", "sdedit_edit_correct", "settings"]),
+                    "sdedit_edit_accuracy", "sdedit_preservation", "sdedit_edit_correct", "settings", "sweep_best"]),
     }
     for name, (text, keys) in sections.items():
         log = weights_dir / f"{name}.log.jsonl"

@@ -487,5 +487,10 @@ def publish_editor(trained: str | Path, evaluation: str | Path | None = None) ->
         row["settings"] = (f"{figures['num_scenes']} held-out rendered scenes, {figures['steps']} steps, "
                            f"text/image guidance {figures['text_guidance_scale']}/{figures['image_guidance_scale']}, "
                            f"SDEdit strength {figures['sdedit_strength']}")
+        if figures.get("image_guidance_sweep"):
+            best = max(figures["image_guidance_sweep"], key=lambda p: p["edit_correct"])
+            row["sweep_best"] = (f"s_T {best.get('text_guidance_scale', figures['text_guidance_scale'])} / "
+                                 f"s_I {best['image_guidance_scale']}: edit {best['edit_accuracy']:.3f}, "
+                                 f"kept {best['preservation']:.3f}, both {best['edit_correct']:.3f}")
     _log("editor", row)
     return SHIPPED_EDITOR

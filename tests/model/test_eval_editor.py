@@ -72,28 +72,36 @@ def test_oracle_eval_judges_editor_sdedit_and_identity_per_edit_kind(tmp_path, t
     assert (tmp_path / "oracle_examples.png").exists()
 
 
-def test_oracle_eval_sweeps_image_guidance_beside_the_headline_setting(tmp_path, tiny_editor_dir, monkeypatch):
+def test_oracle_eval_sweeps_image_and_text_guidance_beside_the_headline_setting(tmp_path, tiny_editor_dir, monkeypatch):
     from datagen.config import load_config
 
     scales = []
     real_edit_batch = E.edit_batch
 
     def recording(editor, inputs, instructions, steps, s_text, s_img, *rest):
-        scales.append(s_img)
+        scales.append((s_text, s_img))
         return real_edit_batch(editor, inputs, instructions, steps, s_text, s_img, *rest)
 
     monkeypatch.setattr(E, "edit_batch", recording)
     cfg = load_config("shapes", ["train.eval.oracle_num_scenes=3", "train.eval.steps=2",
-                                 "train.eval.oracle_image_guidance=1.5",
-                                 "train.eval.oracle_image_guidance_sweep=[1.5,3.0]"]).train.eval
+                                 "train.eval.oracle_text_guidance=7.5", "train.eval.oracle_image_guidance=1.5",
+                                 "train.eval.oracle_image_guidance_sweep=[1.5,3.0]",
+                                 "train.eval.oracle_text_guidance_sweep=[]"]).train.eval
     result = E.evaluate_oracle(str(tiny_editor_dir), cfg, tmp_path, base_model=None)
     # The headline setting is edited once and reused; each other scale is one more editor pass.
-    assert scales == [1.5, 3.0]
+    assert scales == [(7.5, 1.5), (7.5, 3.0)]
     sweep = result["image_guidance_sweep"]
-    assert [p["image_guidance_scale"] for p in sweep] == [1.5, 3.0]
+    assert [(p["text_guidance_scale"], p["image_guidance_scale"]) for p in sweep] == [(7.5, 1.5), (7.5, 3.0)]
     assert {k: sweep[0][k] for k in ("edit_accuracy", "preservation", "edit_correct")} == \
         {k: result[k] for k in ("edit_accuracy", "preservation", "edit_correct")}
     assert all(0.0 <= p[k] <= 1.0 for p in sweep for k in ("edit_accuracy", "preservation", "edit_correct"))
+
+    # A text-scale sweep multiplies it: every image scale at every text scale.
+    scales.clear()
+    cfg = cfg.model_copy(update={"oracle_text_guidance_sweep": [7.5, 4.0]})
+    result = E.evaluate_oracle(str(tiny_editor_dir), cfg, tmp_path, base_model=None)
+    assert scales == [(7.5, 1.5), (7.5, 3.0), (4.0, 1.5), (4.0, 3.0)]
+    assert [(p["text_guidance_scale"], p["image_guidance_scale"]) for p in result["image_guidance_sweep"]] == scales
 
 
 def test_heldout_triples_are_balanced_and_never_from_training_seeds():
