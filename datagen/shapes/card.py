@@ -44,7 +44,7 @@ Logs: `weights/<model>.log.jsonl` (one JSON row per evaluation). Training resume
 - The editor: `train_editor.py --pipeline shapes` from the tiny SD on pairs made by our own
   pipeline, then retrained from that editor on 2.7x more triples (rows with `total_steps`), and
   given the fine-tuned VAE decoder (`editsynth shapes adopt-decoder`, same encoder checked);
-  then retrained again with 2,000 more triples rendered by the T2I at step ~6,700, the learning
+  then retrained again with 2,000 more triples rendered by the T2I at step 6,500, the learning
   rate decaying to zero (`train.lr_scheduler=cosine`).
   Its oracle figures are far below SDEdit's: see issue 6's notes for the diagnosis.
 
