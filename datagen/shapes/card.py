@@ -45,7 +45,8 @@ Logs: `weights/<model>.log.jsonl` (one JSON row per evaluation). Training resume
   pipeline, then retrained from that editor on 2.7x more triples (rows with `total_steps`), and
   given the fine-tuned VAE decoder (`editsynth shapes adopt-decoder`, same encoder checked);
   then retrained again with 2,000 more triples rendered by the T2I at step 6,500, the learning
-  rate decaying to zero (`train.lr_scheduler=cosine`).
+  rate decaying to zero (`train.lr_scheduler=cosine`); then again, 4,200 steps, with 4,000 more
+  triples rendered by the T2I at step 8,000 (five datasets: 10,600 triples, 12,596 training pairs).
   Its oracle figures are far below SDEdit's: see issue 6's notes for the diagnosis.
 
 Columns: `minutes` counts from the trainer's latest (re)start, not from step 0. VAE rows before
