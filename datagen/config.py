@@ -219,6 +219,9 @@ class EvalConfig(Section):
     oracle_text_guidance_sweep: list[float] = []
     oracle_text_guidance: float = Field(7.5, ge=0)
     oracle_sdedit_strength: float = Field(0.6, gt=0, le=1)
+    # Judge the headline setting once more with the edits worded as training data words them
+    # (seen_phrasing_* keys): one more editor pass.
+    oracle_seen_phrasing: bool = True
 
     @model_validator(mode="after")
     def _lists(self):

@@ -73,7 +73,8 @@ def run_eval(args) -> int:
         result = evaluate.evaluate_oracle(args.editor, ecfg, args.out, None if args.no_sdedit else base,
                                           device=args.device)
         keys = ("edit_accuracy", "preservation", "sdedit_edit_accuracy", "sdedit_preservation",
-                "identity_edit_accuracy", "identity_preservation")
+                "identity_edit_accuracy", "identity_preservation", "seen_phrasing_edit_accuracy",
+                "seen_phrasing_preservation")
         print(json.dumps({k: result[k] for k in keys if k in result}))
         return 0
     if not cfg.train.data:

@@ -9,7 +9,11 @@ both curves on one plot (InstructPix2Pix, Fig. 8) -> ``eval.json`` + ``eval_plot
 ``evaluate_oracle``: held-out RENDERED shapes-world scenes (negative seeds, never training
 data), one held-out triple each, edited by the editor, by SDEdit and by nothing (identity);
 the oracle judges whether the instructed change is visible (edit accuracy) and whether
-everything else stayed (preservation), per edit kind -> ``oracle_edit.json``.
+everything else stayed (preservation), per edit kind -> ``oracle_edit.json``. The held-out
+instructions use phrasings no training triple has ("get rid of the circle"); the same edits
+phrased as training data phrases them are judged too (``seen_phrasing_*``), which separates
+following a new wording from making the edit: a tiny text encoder trained on shapes-world
+captions alone has no way to know that "get rid of" means "remove".
 """
 from __future__ import annotations
 
@@ -241,6 +245,14 @@ def heldout_triples(n: int, seed: int = 0):
     return [grammar.sample_triple(rng, kind=kinds[i % len(kinds)], held_out=True) for i in range(n)]
 
 
+def seen_phrasings(triples, seed: int = 0) -> list[str]:
+    """The same edits as ``triples``, phrased only with phrasings that training data uses."""
+    from datagen.shapes import grammar
+
+    rng = random.Random(seed_from(seed, "seen_phrasing"))
+    return [grammar.instruction(t.input_scene, t.edit, rng, held_out=False) for t in triples]
+
+
 def _rates(judgements: list, idx: list[int]) -> tuple[float, float]:
     if not idx:
         return 0.0, 0.0
@@ -250,7 +262,7 @@ def _rates(judgements: list, idx: list[int]) -> tuple[float, float]:
 
 def oracle_summary(kinds: list[str], judged: dict[str, list]) -> dict:
     """Edit accuracy and preservation overall and per edit kind, for each method judged."""
-    prefix = {"editor": "", "sdedit": "sdedit_", "identity": "identity_"}
+    prefix = {"editor": "", "sdedit": "sdedit_", "identity": "identity_", "seen_phrasing": "seen_phrasing_"}
     by_kind_idx: dict[str, list[int]] = defaultdict(list)
     for i, k in enumerate(kinds):
         by_kind_idx[k].append(i)
@@ -309,8 +321,11 @@ def evaluate_oracle(editor_model: str, cfg: EvalConfig, out: str | Path, base_mo
         sweep.append({"text_guidance_scale": s_text, "image_guidance_scale": s_img,
                       **{k: point[k] for k in ("edit_accuracy", "preservation", "edit_correct")}})
         log.info("oracle s_T=%.2f s_I=%.2f: %s", s_text, s_img, sweep[-1])
-    del editor
     judged = {"editor": edited_judged, "identity": judge(inputs)}
+    if cfg.oracle_seen_phrasing:  # the headline setting again, the edits worded as in training
+        judged["seen_phrasing"] = judge(edit_batch(editor, inputs, seen_phrasings(triples, cfg.seed), cfg.steps,
+                                                   *headline, cfg.seed, cfg.batch_size, seeds))
+    del editor
     if base_model:
         sdedit = load_sdedit(base_model, dev)
         sd_out = sdedit_batch(sdedit, inputs, [t.output_caption for t in triples], cfg.oracle_sdedit_strength,

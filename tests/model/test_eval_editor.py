@@ -86,7 +86,8 @@ def test_oracle_eval_sweeps_image_and_text_guidance_beside_the_headline_setting(
     cfg = load_config("shapes", ["train.eval.oracle_num_scenes=3", "train.eval.steps=2",
                                  "train.eval.oracle_text_guidance=7.5", "train.eval.oracle_image_guidance=1.5",
                                  "train.eval.oracle_image_guidance_sweep=[1.5,3.0]",
-                                 "train.eval.oracle_text_guidance_sweep=[]"]).train.eval
+                                 "train.eval.oracle_text_guidance_sweep=[]",
+                                 "train.eval.oracle_seen_phrasing=false"]).train.eval
     result = E.evaluate_oracle(str(tiny_editor_dir), cfg, tmp_path, base_model=None)
     # The headline setting is edited once and reused; each other scale is one more editor pass.
     assert scales == [(7.5, 1.5), (7.5, 3.0)]
@@ -102,6 +103,40 @@ def test_oracle_eval_sweeps_image_and_text_guidance_beside_the_headline_setting(
     result = E.evaluate_oracle(str(tiny_editor_dir), cfg, tmp_path, base_model=None)
     assert scales == [(7.5, 1.5), (7.5, 3.0), (4.0, 1.5), (4.0, 3.0)]
     assert [(p["text_guidance_scale"], p["image_guidance_scale"]) for p in result["image_guidance_sweep"]] == scales
+
+
+def test_oracle_eval_judges_the_same_edits_worded_as_in_training(tmp_path, tiny_editor_dir, monkeypatch):
+    import re
+
+    from datagen.config import load_config
+    from datagen.shapes import grammar
+
+    def phrased_by(instruction: str, kind: str, held_out: bool) -> bool:
+        patterns = [re.sub(r"\\{\w+\\}", ".+", re.escape(t)) for key in grammar._TEMPLATES
+                    if key.startswith(kind) for t in grammar.templates(key, held_out)]
+        return any(re.fullmatch(p, instruction) for p in patterns)
+
+    passes = []
+    real_edit_batch = E.edit_batch
+
+    def recording(editor, inputs, instructions, steps, s_text, s_img, *rest):
+        passes.append((list(instructions), s_text, s_img))
+        return real_edit_batch(editor, inputs, instructions, steps, s_text, s_img, *rest)
+
+    monkeypatch.setattr(E, "edit_batch", recording)
+    cfg = load_config("shapes", ["train.eval.oracle_num_scenes=7", "train.eval.steps=2",
+                                 "train.eval.oracle_image_guidance_sweep=[]"]).train.eval
+    result = E.evaluate_oracle(str(tiny_editor_dir), cfg, tmp_path, base_model=None)
+    (held, *headline), (seen, *again) = passes
+    assert headline == again == [cfg.oracle_text_guidance, cfg.oracle_image_guidance]
+    # One edit per scene each time, the same edits: only the wording differs.
+    kinds = [t.edit_kind for t in E.heldout_triples(7, cfg.seed)]
+    assert all(phrased_by(i, k, held_out=True) and not phrased_by(i, k, held_out=False) for i, k in zip(held, kinds))
+    assert all(phrased_by(i, k, held_out=False) and not phrased_by(i, k, held_out=True) for i, k in zip(seen, kinds))
+    assert seen == E.seen_phrasings(E.heldout_triples(7, cfg.seed), cfg.seed)
+    for key in ("seen_phrasing_edit_accuracy", "seen_phrasing_preservation", "seen_phrasing_edit_correct"):
+        assert 0.0 <= result[key] <= 1.0
+    assert all("seen_phrasing_edit_accuracy" in v for v in result["by_edit_kind"].values())
 
 
 def test_heldout_triples_are_balanced_and_never_from_training_seeds():
