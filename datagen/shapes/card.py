@@ -71,7 +71,7 @@ def write_model_card(weights_dir: Path = SHIPPED_DIR) -> Path:
                  "caption beats a minimally edited one (the discrimination the filter needs).",
                  ["step", "minutes", "device", "loss", "clip_top1", "clip_vs_edited_caption"]),
         "vae": ("VAE: oracle agreement of reconstructions of 200 held-out renders with their captions.",
-                ["step", "minutes", "device", "decoder_only", "edge_weight", "loss", "rec_background", "rec_count", "rec_colour",
+                ["step", "minutes", "device", "decoder_only", "edge_weight", "tip_weight", "loss", "rec_background", "rec_count", "rec_colour",
                  "rec_shape", "rec_size", "rec_all"]),
         "t2i": ("Text-to-image: oracle agreement of samples (Euler ancestral 25 steps, CFG 4) with their "
                 "captions, EMA and raw weights: 32 held-out captions while training; rows with an `evaluation` "

@@ -15,7 +15,8 @@ def _train_vae(args):
     from .train import train_vae
 
     print(json.dumps(train_vae(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                               work=args.work, decoder_only=args.decoder_only, edge_weight=args.edge_weight)))
+                               work=args.work, decoder_only=args.decoder_only, edge_weight=args.edge_weight,
+                               tip_weight=args.tip_weight)))
 
 
 def _train_t2i(args):
@@ -75,6 +76,9 @@ def register(sub) -> None:
                                 "on them, stay valid")
             p.add_argument("--edge-weight", type=float, default=0.0,
                            help="extra loss weight on the pixels along object outlines (sharper small shapes)")
+            p.add_argument("--tip-weight", type=float, default=0.0,
+                           help="extra loss weight on and around the parts of objects thinner than 3 pixels "
+                                "(the tips of small triangles)")
         if name == "train-t2i":
             p.add_argument("--vae-steps", type=int, default=0, help="train the VAE this far first")
         p.set_defaults(func=func)

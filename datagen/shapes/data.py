@@ -53,6 +53,14 @@ def boundary_mask(mask: torch.Tensor) -> torch.Tensor:
     return dilated - eroded
 
 
+def thin_mask(mask: torch.Tensor) -> torch.Tensor:
+    """1 on and around the parts of objects thinner than 3 pixels (what a 3x3 opening removes:
+    the tips and corners of small shapes), else 0."""
+    eroded = -torch.nn.functional.max_pool2d(-mask, 3, stride=1, padding=1)
+    opened = torch.nn.functional.max_pool2d(eroded, 3, stride=1, padding=1)
+    return torch.nn.functional.max_pool2d(mask - opened, 3, stride=1, padding=1)
+
+
 def degrade(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Random blur and noise, so that models trained on clean renders also read generated images."""
     n = x.shape[0]

@@ -147,7 +147,7 @@ def evaluate_vae(vae, n: int = 200, seed: int = HELD_OUT_SEED) -> dict:
 def train_vae(steps: int = 3000, batch_size: int = 32, lr: float = 2e-3, seed: int = 0,
               work: str | Path = "runs/shapes-train", eval_every: int = 250, preset: str = "shapes",
               object_weight: float = 9.0, kl_weight: float = 1e-6, decoder_only: bool = False,
-              edge_weight: float = 0.0) -> dict:
+              edge_weight: float = 0.0, tip_weight: float = 0.0) -> dict:
     """Train the VAE; ``decoder_only`` fine-tunes the decoder of a trained VAE alone, so the
     latents (and a UNet trained on them) stay valid while the decoded images get sharper."""
     dev = _device()
@@ -185,6 +185,9 @@ def train_vae(steps: int = 3000, batch_size: int = 32, lr: float = 2e-3, seed: i
         if edge_weight:
             # Outlines tell a small triangle from a small circle; a plain loss rounds their corners.
             w = w + edge_weight * data.boundary_mask(mask)
+        if tip_weight:
+            # Thin tips blur into the background's colour first, and a tipless triangle reads as a circle.
+            w = w + tip_weight * data.thin_mask(mask)
         with torch.set_grad_enabled(not decoder_only):
             post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
@@ -198,7 +201,8 @@ def train_vae(steps: int = 3000, batch_size: int = 32, lr: float = 2e-3, seed: i
         if step % eval_every == 0 or step == steps or time.time() - last_save > 300:
             metrics = evaluate_vae(vae)
             _log("vae", {"step": step, "loss": round(loss.item(), 4), "minutes": round((time.time() - t0) / 60, 2),
-                         "device": str(dev), "decoder_only": decoder_only, "edge_weight": edge_weight, **metrics})
+                         "device": str(dev), "decoder_only": decoder_only, "edge_weight": edge_weight,
+                         **({"tip_weight": tip_weight} if tip_weight else {}), **metrics})
             _save_state(state_path, model=vae.state_dict(), opt=opt.state_dict(), step=step)
             publish_vae(vae, step, metrics)
             last_save = time.time()

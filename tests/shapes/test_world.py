@@ -49,3 +49,21 @@ def test_training_masks_cover_the_objects_and_their_outlines():
     assert ring[ys.min(), xs.min()] == 1 and ring[ys.min() - 1, xs.min()] == 1
     assert ring[(ys.min() + ys.max()) // 2, (xs.min() + xs.max()) // 2] == 0
     assert ring[0, 0] == 0
+
+
+def test_thin_mask_marks_the_tips_of_triangles_not_squares():
+    from datagen.shapes import data
+
+    def thin(shape, size):
+        scene = world.Scene("white", (world.ShapeObject(shape, "red", size, "middle", y=32),))
+        mask = data.object_mask([scene], 64)
+        return data.thin_mask(mask)[0, 0].numpy(), mask[0, 0].numpy()
+
+    for size in ("small", "large"):
+        assert thin("square", size)[0].sum() == 0   # nothing of a square is thinner than 3 px
+        tips, inside = thin("triangle", size)
+        ys, xs = np.nonzero(inside)
+        assert tips[ys.min(), (xs.min() + xs.max()) // 2] == 1   # the apex
+        assert tips[ys.max(), xs.min()] == 1 and tips[ys.max(), xs.max()] == 1   # the base corners
+        assert tips[(ys.min() + ys.max()) // 2 + 1, (xs.min() + xs.max()) // 2] == 0   # not the body
+        assert 0 < tips.sum() < inside.sum()
