@@ -169,6 +169,10 @@ def train_vae(steps: int = 3000, batch_size: int = 32, lr: float = 2e-3, seed: i
     if decoder_only:
         vae.encoder.requires_grad_(False)
         vae.quant_conv.requires_grad_(False)
+        # The encoder stays as shipped, so does the latent scale the UNet was trained with (the
+        # T2I trainer registers it in the shipped config; a resumed state does not carry it).
+        if (shipped_config := SHIPPED_T2I / "vae" / "config.json").exists():
+            vae.register_to_config(scaling_factor=json.loads(shipped_config.read_text())["scaling_factor"])
     opt = torch.optim.AdamW([q for q in vae.parameters() if q.requires_grad], lr=lr)
     if state is not None:
         opt.load_state_dict(state["opt"])

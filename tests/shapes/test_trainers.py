@@ -50,6 +50,21 @@ def test_decoder_only_fine_tuning_keeps_the_encoder_and_resumes_from_the_publish
     assert "_name_or_path" not in json.loads((weights / "t2i" / "vae" / "config.json").read_text())
 
 
+def test_decoder_only_fine_tuning_keeps_the_latent_scale_the_unet_learnt(weights, tmp_path):
+    """The T2I trainer registers its latent scale in the shipped VAE config; a decoder-only run,
+    resumed from the published VAE or from its own state, must publish that scale unchanged."""
+    train.train_vae(steps=2, batch_size=4, work=tmp_path / "w", eval_every=100, preset="test")
+    config_path = weights / "t2i" / "vae" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["scaling_factor"] = 0.6004
+    config_path.write_text(json.dumps(config))
+    train.train_vae(steps=3, batch_size=4, work=tmp_path / "w", eval_every=100, preset="test", decoder_only=True)
+    assert json.loads(config_path.read_text())["scaling_factor"] == 0.6004     # resumed from the published VAE
+    train.train_vae(steps=4, batch_size=4, work=tmp_path / "w", eval_every=100, preset="test", decoder_only=True)
+    assert json.loads((weights / "t2i" / "vae" / "train_state.json").read_text())["step"] == 4
+    assert json.loads(config_path.read_text())["scaling_factor"] == 0.6004     # resumed from its own state
+
+
 def test_decoder_only_without_a_trained_vae_says_what_is_missing(weights, tmp_path):
     with pytest.raises(FileNotFoundError, match="decoder-only"):
         train.train_vae(steps=2, work=tmp_path / "none", preset="test", decoder_only=True)
