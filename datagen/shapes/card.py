@@ -61,10 +61,12 @@ Logs: `weights/<model>.log.jsonl` (one JSON row per evaluation). Training resume
   rate decaying to zero (`train.lr_scheduler=cosine`); then again, 4,200 steps, with 4,000 more
   triples rendered by the T2I at step 8,000 (five datasets: 10,600 triples, 12,596 training pairs);
   then again, 4,200 steps, with 4,000 more from the same T2I (seven datasets: 14,600 triples,
-  16,964 training pairs).
+  16,964 training pairs); then given the tip-weighted decoder (adopt-decoder again; the last row,
+  same UNet: preservation 0.31 -> 0.34, both 0.171 either way, within noise).
   Its oracle figures are far below SDEdit's with the held-out wordings, which ask its tiny text
   encoder (trained on captions alone) for verbs it never saw ("get rid of"); worded as in training
-  it makes as many of the edits as SDEdit (0.79) but keeps far less (0.46 vs 0.93): see issue 6.
+  it makes nearly as many of the edits as SDEdit (0.77 vs 0.81) but keeps far less (0.46 vs 0.98):
+  see issue 6.
 
 Columns: `minutes` counts from the trainer's latest (re)start, not from step 0. VAE rows before
 step 399 were judged by the first oracle, which read the decoders' colour halos as object
