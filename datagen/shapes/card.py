@@ -51,8 +51,8 @@ Logs: `weights/<model>.log.jsonl` (one JSON row per evaluation). Training resume
   from the decoder alone.
 - The UNet continued from step 8,000 to 11,000 (`train-t2i --steps 11500`, a new cosine cycle
   stopped at its step-11,000 snapshot for time; 107 min on one thread; its step-10,176 snapshot
-  matched 0.945 of those tuning captions with the new decoder). Its rows while training decode with the VAE it started with
-  (step 3,400); the `evaluation` rows use the shipped one (`vae_step`).
+  matched 0.945 of those tuning captions with the new decoder). Its rows while training decode
+  with the VAE it started with (step 3,400); the `evaluation` rows use the shipped one (`vae_step`).
 
 - The editor: `train_editor.py --pipeline shapes` from the tiny SD on pairs made by our own
   pipeline, then retrained from that editor on 2.7x more triples (rows with `total_steps`), and
