@@ -49,9 +49,9 @@ Logs: `weights/<model>.log.jsonl` (one JSON row per evaluation). Training resume
   Reconstructions all-correct 0.915 -> 0.985 (0.948 -> 0.996 on 1,000 other held-out renders); on
   200 tuning captions (not the reported ones) the step-8000 UNet's caption match rose 0.865 -> 0.905
   from the decoder alone.
-- The UNet continued from step 8,000 to 11,000 (`train-t2i --steps 11500`, a new cosine cycle
-  stopped at its step-11,000 snapshot for time; 107 min on one thread; its step-10,176 snapshot
-  matched 0.945 of those tuning captions with the new decoder). Its rows while training decode
+- The UNet continued from step 8,000 to 11,500 (`train-t2i --steps 11500`, a new cosine cycle;
+  121 min on one thread over two runs; its step-10,176 snapshot matched 0.945 of those tuning
+  captions with the new decoder). Its rows while training decode
   with the VAE it started with (step 3,400); the `evaluation` rows use the shipped one (`vae_step`).
 
 - The editor: `train_editor.py --pipeline shapes` from the tiny SD on pairs made by our own
