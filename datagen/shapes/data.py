@@ -46,19 +46,25 @@ def object_mask(scenes: list[world.Scene], size: int = 64) -> torch.Tensor:
     return torch.from_numpy(np.stack(masks))[:, None]
 
 
+def _dilate(mask: torch.Tensor) -> torch.Tensor:
+    """3x3 binary dilation of (N, 1, H, W) masks."""
+    return torch.nn.functional.max_pool2d(mask, 3, stride=1, padding=1)
+
+
+def _erode(mask: torch.Tensor) -> torch.Tensor:
+    """3x3 binary erosion of (N, 1, H, W) masks."""
+    return -_dilate(-mask)
+
+
 def boundary_mask(mask: torch.Tensor) -> torch.Tensor:
     """1 on the pixels either side of an object's outline (dilation minus erosion, 3x3), else 0."""
-    dilated = torch.nn.functional.max_pool2d(mask, 3, stride=1, padding=1)
-    eroded = -torch.nn.functional.max_pool2d(-mask, 3, stride=1, padding=1)
-    return dilated - eroded
+    return _dilate(mask) - _erode(mask)
 
 
 def thin_mask(mask: torch.Tensor) -> torch.Tensor:
     """1 on and around the parts of objects thinner than 3 pixels (what a 3x3 opening removes:
     the tips and corners of small shapes), else 0."""
-    eroded = -torch.nn.functional.max_pool2d(-mask, 3, stride=1, padding=1)
-    opened = torch.nn.functional.max_pool2d(eroded, 3, stride=1, padding=1)
-    return torch.nn.functional.max_pool2d(mask - opened, 3, stride=1, padding=1)
+    return _dilate(mask - _dilate(_erode(mask)))
 
 
 def degrade(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

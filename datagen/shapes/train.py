@@ -206,7 +206,7 @@ def train_vae(steps: int = 3000, batch_size: int = 32, lr: float = 2e-3, seed: i
             metrics = evaluate_vae(vae)
             _log("vae", {"step": step, "loss": round(loss.item(), 4), "minutes": round((time.time() - t0) / 60, 2),
                          "device": str(dev), "decoder_only": decoder_only, "edge_weight": edge_weight,
-                         **({"tip_weight": tip_weight} if tip_weight else {}), **metrics})
+                         "tip_weight": tip_weight, **metrics})
             _save_state(state_path, model=vae.state_dict(), opt=opt.state_dict(), step=step)
             publish_vae(vae, step, metrics)
             last_save = time.time()
