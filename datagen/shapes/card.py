@@ -50,7 +50,7 @@ Logs: `weights/<model>.log.jsonl` (one JSON row per evaluation). Training resume
   200 tuning captions (not the reported ones) the step-8000 UNet's caption match rose 0.865 -> 0.905
   from the decoder alone.
 - The UNet continued from step 8,000 to 11,500 (`train-t2i --steps 11500`, a new cosine cycle;
-  121 min on one thread over two runs; its step-10,176 snapshot matched 0.945 of those tuning
+  120 min on one thread over two runs; its step-10,176 snapshot matched 0.945 of those tuning
   captions with the new decoder). Its rows while training decode
   with the VAE it started with (step 3,400); the `evaluation` rows use the shipped one (`vae_step`).
 
