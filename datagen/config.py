@@ -255,6 +255,9 @@ class TrainConfig(Section):
     conditioning_dropout_image: float = Field(0.05, ge=0, le=1)
     conditioning_dropout_both: float = Field(0.05, ge=0, le=1)
     snr_gamma: float | None = Field(None, gt=0)   # Min-SNR loss weighting; None: the paper's plain MSE
+    # Which timesteps training draws: the paper's uniform, or cubic (more of the noisiest steps,
+    # where the editor must copy the layout from the image condition; model/editor.draw_timestep).
+    timestep_sampling: Literal["uniform", "cubic"] = "uniform"
     use_ema: bool = True
     ema_decay: float = Field(0.9999, ge=0, lt=1)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"

@@ -268,7 +268,8 @@ def train_process(cfg: TrainConfig, out: str | Path, command: str | None = None)
                                        editor.tokenize(parts.tokenizer, batch["instructions"]), batch["seeds"])
             loss = editor.editor_loss(unet, vae, text_encoder, parts.noise_scheduler, null_text, inputs,
                                       cfg.conditioning_dropout_text, cfg.conditioning_dropout_image,
-                                      cfg.conditioning_dropout_both, weight_dtype, cfg.snr_gamma)
+                                      cfg.conditioning_dropout_both, weight_dtype, cfg.snr_gamma,
+                                      cfg.timestep_sampling)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(unet.parameters(), cfg.max_grad_norm)

@@ -66,6 +66,38 @@ def test_dropout_masks_follow_their_probabilities_when_they_differ():
     assert drop_image.float().mean().item() == pytest.approx(0.2, abs=0.005)
 
 
+def test_cubic_timestep_sampling_favours_the_noisiest_steps_and_uniform_is_unchanged():
+    seeds = list(range(20_000))
+    uniform = editor.draw_samples(seeds, (1, 1, 1), 1000).timesteps
+    cubic = editor.draw_samples(seeds, (1, 1, 1), 1000, "cubic").timesteps
+    # uniform: what it drew before the option existed (one dropout draw, then randint)
+    g = torch.Generator().manual_seed(3)
+    torch.rand((), generator=g)
+    assert uniform[3] == torch.randint(0, 1000, (), generator=g)
+    assert (uniform >= 800).float().mean().item() == pytest.approx(0.2, abs=0.015)
+    # cubic: P(t >= 0.8 T) = 0.2 ** (1/3) = 0.585, mean (1 - 1/4) T, all within [0, T)
+    assert (cubic >= 800).float().mean().item() == pytest.approx(0.585, abs=0.015)
+    assert cubic.float().mean().item() == pytest.approx(749.5, abs=6)
+    assert cubic.min() >= 0 and cubic.max() <= 999
+    # the dropout draw comes first, so conditioning dropout is the same under either sampling
+    a, b = editor.draw_samples(seeds[:4], (4, 2, 2), 1000), editor.draw_samples(seeds[:4], (4, 2, 2), 1000, "cubic")
+    assert torch.equal(a.u, b.u)
+    with pytest.raises(ValueError, match="timestep sampling 'loglinear'"):
+        editor.draw_samples(seeds[:1], (1, 1, 1), 1000, "loglinear")
+
+
+def test_the_loss_feeds_the_unet_the_timesteps_of_its_sampling(tiny_parts):
+    vae, te = editor.freeze(tiny_parts.vae), editor.freeze(tiny_parts.text_encoder)
+    null = editor.encode_text(te, tiny_parts.tokenizer, [""])
+    batch = _batch(tiny_parts, n=16, seed=2)
+    rec = _Recorder()
+    editor.editor_loss(rec, vae, te, tiny_parts.noise_scheduler, null, batch, .05, .05, .05,
+                       timestep_sampling="cubic")
+    expected = editor.draw_samples(batch.seeds, (4, 16, 16), 1000, "cubic").timesteps
+    assert torch.equal(rec.calls[0][1], expected)
+    assert not torch.equal(expected, editor.draw_samples(batch.seeds, (4, 16, 16), 1000).timesteps)
+
+
 class _Recorder(torch.nn.Module):
     """Stands in for the UNet: records what the loss feeds it, predicts zeros."""
 
