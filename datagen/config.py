@@ -237,7 +237,10 @@ class TrainConfig(Section):
     data: str = ""                  # webdataset export dir / tar pattern, or a HF dataset name / dir
     split: str = "train"
     resolution: int = Field(256, ge=8)
-    random_flip: bool = True        # same flip for both images; off where captions name sides
+    random_flip: bool = True        # same flip for both images
+    # Words that trade places in the instruction of a flipped pair, e.g. [[left, right]]; without
+    # them, turn random_flip off where instructions name sides.
+    flip_swap_words: list[tuple[str, str]] = []
     center_crop: bool = False
     batch_size: int = Field(32, ge=1)              # per process
     gradient_accumulation_steps: int = Field(4, ge=1)

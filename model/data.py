@@ -22,9 +22,10 @@ import itertools
 import json
 import logging
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -239,9 +240,31 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
+def swap_words(text: str, pairs: Sequence[Sequence[str]]) -> str:
+    """``text`` with each word of every pair replaced by the other ("left" <-> "right"), whole
+    words only, capitals kept."""
+    other = {}
+    for a, b in pairs:
+        other[a.lower()], other[b.lower()] = b.lower(), a.lower()
+    if not other:
+        return text
+
+    def swap(m: re.Match) -> str:
+        found = m.group(0)
+        word = other[found.lower()]
+        return word.upper() if found.isupper() and len(found) > 1 else word.capitalize() if found[0].isupper() else word
+
+    return re.sub(r"\b(" + "|".join(map(re.escape, other)) + r")\b", swap, text, flags=re.IGNORECASE)
+
+
 def prepare_pair(example: EditExample, resolution: int, rng: random.Random, random_flip: bool = True,
-                 center_crop: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Resize the short side to ``resolution``, crop a square, maybe flip: one draw for both."""
+                 center_crop: bool = False, flip_swap_words: Sequence[Sequence[str]] = ()
+                 ) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Resize the short side to ``resolution``, crop a square, maybe flip: one draw for both.
+
+    Returns the two images and the instruction, whose ``flip_swap_words`` swap when the pair is
+    flipped: a mirrored "make the left circle red" asks for the right one."""
+    instruction = example.instruction
     inp, out = example.input_image, example.edited_image
     if out.size != inp.size:
         out = out.resize(inp.size, Image.BICUBIC)
@@ -259,7 +282,8 @@ def prepare_pair(example: EditExample, resolution: int, rng: random.Random, rand
     inp, out = inp.crop(box), out.crop(box)
     if random_flip and rng.random() < 0.5:
         inp, out = inp.transpose(Image.FLIP_LEFT_RIGHT), out.transpose(Image.FLIP_LEFT_RIGHT)
-    return to_tensor(inp), to_tensor(out)
+        instruction = swap_words(instruction, flip_swap_words)
+    return to_tensor(inp), to_tensor(out), instruction
 
 
 # ---------------------------------------------------------------------------------------
@@ -320,10 +344,11 @@ class EditPairStream(torch.utils.data.IterableDataset):
 
     def __init__(self, source, resolution: int, seed: int = 0, rank: int = 0, world_size: int = 1,
                  shuffle_buffer: int = 1000, random_flip: bool = True, center_crop: bool = False,
-                 batch_size: int = 1, skip_batches: int = 0):
+                 batch_size: int = 1, skip_batches: int = 0, flip_swap_words: Sequence[Sequence[str]] = ()):
         self.source, self.resolution, self.seed = source, resolution, seed
         self.rank, self.world_size = rank, world_size
         self.shuffle_buffer, self.random_flip, self.center_crop = shuffle_buffer, random_flip, center_crop
+        self.flip_swap_words = flip_swap_words
         self.batch_size, self.skip_batches = batch_size, skip_batches
 
     def __iter__(self) -> Iterator[TrainSample]:
@@ -348,9 +373,10 @@ class EditPairStream(torch.utils.data.IterableDataset):
                     continue
                 occurrence = seed_from(self.seed, item.key, epoch)
                 example = self.source.decode(item)
-                original, edited = prepare_pair(example, self.resolution, random.Random(occurrence),
-                                                self.random_flip, self.center_crop)
-                yield TrainSample(original, edited, example.instruction, occurrence)
+                original, edited, instruction = prepare_pair(
+                    example, self.resolution, random.Random(occurrence), self.random_flip, self.center_crop,
+                    self.flip_swap_words)
+                yield TrainSample(original, edited, instruction, occurrence)
             if count == 0:
                 raise DataError(f"reader {reader} of {num_readers} got no samples: the dataset is empty "
                                 "or has fewer samples than ranks x dataloader workers")

@@ -240,6 +240,7 @@ def train_process(cfg: TrainConfig, out: str | Path, command: str | None = None)
     stream = editdata.EditPairStream(
         source, cfg.resolution, seed=cfg.seed, rank=accelerator.process_index,
         world_size=accelerator.num_processes, shuffle_buffer=cfg.shuffle_buffer, random_flip=cfg.random_flip,
+        flip_swap_words=cfg.flip_swap_words,
         center_crop=cfg.center_crop, batch_size=cfg.batch_size,
         skip_batches=step * cfg.gradient_accumulation_steps)
     loader = torch.utils.data.DataLoader(stream, batch_size=cfg.batch_size, collate_fn=editdata.collate,

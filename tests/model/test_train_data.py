@@ -5,6 +5,7 @@ import itertools
 import random
 
 import pytest
+import numpy as np
 import torch
 from PIL import Image
 
@@ -59,11 +60,39 @@ def test_the_same_crop_and_flip_apply_to_both_images():
     ex = D.EditExample("k", grad, grad.copy(), "x")
     flips = set()
     for s in range(20):
-        a, b = D.prepare_pair(ex, 32, random.Random(s), random_flip=True)
-        assert a.shape == (3, 32, 32) and torch.equal(a, b)
+        a, b, instruction = D.prepare_pair(ex, 32, random.Random(s), random_flip=True)
+        assert a.shape == (3, 32, 32) and torch.equal(a, b) and instruction == "x"
         flips.add(torch.equal(a, D.prepare_pair(ex, 32, random.Random(s), random_flip=False)[0]))
     assert flips == {True, False}   # flipped sometimes, not always
     assert a.min() >= -1 and a.max() <= 1
+
+
+def test_a_flipped_pair_swaps_the_sides_its_instruction_names():
+    left_red = np.zeros((32, 32, 3), np.uint8)
+    left_red[:, :8, 0] = 255                      # a red band on the left of the input ...
+    right_red = left_red.copy()
+    right_red[:, -8:, 0] = 255                    # ... and the edit adds one on the right
+    ex = D.EditExample("k", Image.fromarray(left_red), Image.fromarray(right_red),
+                       "Right: copy the band on the left to the right")
+    seen = set()
+    for s in range(20):
+        a, b, instruction = D.prepare_pair(ex, 32, random.Random(s), random_flip=True,
+                                           flip_swap_words=[("left", "right")])
+        flipped = bool(a[0, 0, -1] > 0)           # the input's band is now on the right
+        seen.add(flipped)
+        assert instruction == ("Left: copy the band on the right to the left" if flipped else ex.instruction)
+        assert torch.equal(b, torch.maximum(a, a.flip(-1)))   # the edit stays a mirror copy
+    assert seen == {True, False}
+    # without swap words the words stay, whatever the flip
+    assert {D.prepare_pair(ex, 32, random.Random(s), random_flip=True)[2] for s in range(20)} == {ex.instruction}
+
+
+def test_swap_words_swaps_whole_words_only():
+    pairs = [("left", "right")]
+    assert D.swap_words("move the LEFT one right, brightly", pairs) == "move the RIGHT one left, brightly"
+    assert D.swap_words("leftover rightmost", pairs) == "leftover rightmost"
+    assert D.swap_words("Left of it", pairs) == "Right of it"
+    assert D.swap_words("left", []) == "left"
 
 
 def test_resumed_stream_continues_exactly_where_the_batches_stopped(tmp_path, pairs):
