@@ -252,7 +252,9 @@ def swap_words(text: str, pairs: Sequence[Sequence[str]]) -> str:
     def swap(m: re.Match) -> str:
         found = m.group(0)
         word = other[found.lower()]
-        return word.upper() if found.isupper() and len(found) > 1 else word.capitalize() if found[0].isupper() else word
+        if found.isupper() and len(found) > 1:
+            return word.upper()
+        return word.capitalize() if found[0].isupper() else word
 
     return re.sub(r"\b(" + "|".join(map(re.escape, other)) + r")\b", swap, text, flags=re.IGNORECASE)
 
