@@ -1,6 +1,7 @@
 """Reading edit pairs: our webdataset export and HF datasets, augmentation, splitting, resume."""
 from __future__ import annotations
 
+import io
 import itertools
 import random
 
@@ -121,6 +122,36 @@ def test_resume_skips_per_dataloader_worker(tmp_path, pairs):
 
     full = seeds(D.EditPairStream(source, **kw), 9)
     assert seeds(D.EditPairStream(source, skip_batches=3, **kw), 6) == full[3:]
+
+
+def test_the_stream_mirrors_shapes_pairs_with_their_sides_swapped(tmp_path):
+    """A mirrored shapes pair is an exact pair again once its instruction's sides swap."""
+    from datagen.shapes import oracle
+
+    def _pil(t):
+        return Image.fromarray(((t.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy())
+
+    pairs = [p for p in shapes_pairs(40, seed=3, size=64) if " left" in p[3]["instruction"]][:6]
+    write_shards(tmp_path, pairs)
+    by_input = {D.to_tensor(Image.open(io.BytesIO(inp)).convert("RGB")).numpy().tobytes(): meta
+                for _, inp, _, meta in pairs}
+    stream = D.EditPairStream(D.open_source(str(tmp_path), "train"), 64, seed=0, shuffle_buffer=1,
+                              random_flip=True, flip_swap_words=[("left", "right")])
+    mirrored = 0
+    for sample in itertools.islice(iter(stream), 24):
+        meta = by_input.get(sample.original.numpy().tobytes())
+        if meta is None:              # not the stored input: the mirrored one
+            mirrored += 1
+            meta = by_input[sample.original.flip(-1).numpy().tobytes()]
+            assert sample.instruction == D.swap_words(meta["instruction"], [("left", "right")])
+            # the mirrored input and target show the mirrored captions exactly (the oracle's verdict)
+            judged = oracle.judge_pair(_pil(sample.original), _pil(sample.edited),
+                                       *(D.swap_words(meta[k], [("left", "right")])
+                                         for k in ("input_caption", "output_caption")))
+            assert judged.correct and judged.edit_ok and judged.preserved
+        else:
+            assert sample.instruction == meta["instruction"]
+    assert 0 < mirrored < 24
 
 
 def test_hugging_face_dataset_with_the_public_columns(tmp_path, pairs):
