@@ -61,11 +61,18 @@ Logs: `weights/<model>.log.jsonl` (one JSON row per evaluation). Training resume
   rate decaying to zero (`train.lr_scheduler=cosine`); then again, 4,200 steps, with 4,000 more
   triples rendered by the T2I at step 8,000 (five datasets: 10,600 triples, 12,596 training pairs);
   then again, 4,200 steps, with 4,000 more from the same T2I (seven datasets: 14,600 triples,
-  16,964 training pairs); then given the tip-weighted decoder (adopt-decoder again; the last row,
-  same UNet: preservation 0.31 -> 0.34, both 0.171 either way, within noise).
+  16,964 training pairs); then given the tip-weighted decoder (adopt-decoder again; same UNet:
+  preservation 0.31 -> 0.34, both 0.171 either way, within noise); then 3,000 steps more on one
+  process (effective batch 32, 55.6 min) with mirrored pairs, whose instructions swap left and
+  right (`train.random_flip=true`, `train.flip_swap_words=[[left, right]]`; the last row: kept
+  0.34 -> 0.39 at the headline setting and more at every other setting of the sweep, both
+  0.171 -> 0.186, sweep best 0.219 -> 0.252).
+  Why it keeps so little: it overfits its pairs. On 168 of its own training pairs (s_T 4 / s_I 4)
+  the step-18,200 editor kept the untouched facts in 0.89, as often as the data does; on 168
+  validation pairs it never trained on, 0.67. More distinct pairs is the lever.
   Its oracle figures are far below SDEdit's with the held-out wordings, which ask its tiny text
   encoder (trained on captions alone) for verbs it never saw ("get rid of"); worded as in training
-  it makes nearly as many of the edits as SDEdit (0.77 vs 0.81) but keeps far less (0.46 vs 0.98):
+  it makes about as many of the edits as SDEdit (0.82 vs 0.81) but keeps far less (0.50 vs 0.97):
   see issue 6.
 
 Columns: `minutes` counts from the trainer's latest (re)start, not from step 0. VAE rows before
