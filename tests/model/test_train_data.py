@@ -5,8 +5,8 @@ import io
 import itertools
 import random
 
-import pytest
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -127,9 +127,7 @@ def test_resume_skips_per_dataloader_worker(tmp_path, pairs):
 def test_the_stream_mirrors_shapes_pairs_with_their_sides_swapped(tmp_path):
     """A mirrored shapes pair is an exact pair again once its instruction's sides swap."""
     from datagen.shapes import oracle
-
-    def _pil(t):
-        return Image.fromarray(((t.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy())
+    from datagen.shapes.data import to_pil
 
     pairs = [p for p in shapes_pairs(40, seed=3, size=64) if " left" in p[3]["instruction"]][:6]
     write_shards(tmp_path, pairs)
@@ -145,7 +143,7 @@ def test_the_stream_mirrors_shapes_pairs_with_their_sides_swapped(tmp_path):
             meta = by_input[sample.original.flip(-1).numpy().tobytes()]
             assert sample.instruction == D.swap_words(meta["instruction"], [("left", "right")])
             # the mirrored input and target show the mirrored captions exactly (the oracle's verdict)
-            judged = oracle.judge_pair(_pil(sample.original), _pil(sample.edited),
+            judged = oracle.judge_pair(*to_pil(torch.stack([sample.original, sample.edited])),
                                        *(D.swap_words(meta[k], [("left", "right")])
                                          for k in ("input_caption", "output_caption")))
             assert judged.correct and judged.edit_ok and judged.preserved
