@@ -11,7 +11,7 @@ channels-last on CUDA, no per-step host sync).
 
     python bench/train.py --device cpu --preset shapes --batch 8
     python bench/train.py --device cuda --preset sd --resolution 256 --batch 4 --precision fp16 \
-        --gradient-checkpointing          # SD-size, random weights; prints peak GPU memory
+        --gradient-checkpointing --use-8bit-adam   # SD-size, random weights; prints peak GPU memory
 
 Last line: JSON with samples_per_s_ours, samples_per_s_reference, speedup, device (+ settings).
 """
@@ -61,7 +61,7 @@ def build_models(preset: str, seed: int = 0):
 class Side:
     """One trainer: its own UNet copy, AdamW, EMA and (fp16) grad scaler."""
 
-    def __init__(self, unet, device, ours: bool, precision: str, checkpointing: bool):
+    def __init__(self, unet, device, ours: bool, precision: str, checkpointing: bool, adam_8bit: bool):
         from diffusers.training_utils import EMAModel
 
         self.unet = copy.deepcopy(unet).to(device).train()
@@ -70,7 +70,12 @@ class Side:
         cuda = device.type == "cuda"
         if ours and cuda:
             self.unet.to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.AdamW(self.unet.parameters(), lr=1e-4, fused=(ours and cuda) or None)
+        if adam_8bit:  # both sides alike, as the script's --use_8bit_adam and our train.use_8bit_adam
+            import bitsandbytes as bnb
+
+            self.optimizer = bnb.optim.AdamW8bit(self.unet.parameters(), lr=1e-4)
+        else:
+            self.optimizer = torch.optim.AdamW(self.unet.parameters(), lr=1e-4, fused=(ours and cuda) or None)
         self.ema = EMAModel(self.unet.parameters(), decay=0.9999, foreach=ours)
         self.ema.to(device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
@@ -138,6 +143,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--precision", choices=["no", "fp16", "bf16"], default="no")
     ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--use-8bit-adam", action="store_true", help="bitsandbytes AdamW8bit on both sides")
     ap.add_argument("--steps", type=int, default=12, help="timed steps per side")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3, help="alternating timed blocks per side")
@@ -186,8 +192,9 @@ def main(argv=None) -> dict:
         _sync(device)
         return time.perf_counter() - t
 
-    make = {"reference": lambda: Side(unet, device, False, args.precision, args.gradient_checkpointing),
-            "ours": lambda: Side(unet, device, True, args.precision, args.gradient_checkpointing)}
+    make = {name: (lambda ours=(name == "ours"): Side(unet, device, ours, args.precision,
+                                                      args.gradient_checkpointing, args.use_8bit_adam))
+            for name in ("reference", "ours")}
     steps = {"reference": run_ref, "ours": run_ours}
     times = {"reference": 0.0, "ours": 0.0}
     per_round = max(1, args.steps // args.rounds)
@@ -219,7 +226,8 @@ def main(argv=None) -> dict:
         "speedup": round(sps_ours / sps_ref, 3), "device": torch.cuda.get_device_name() if device.type == "cuda"
         else f"cpu ({torch.get_num_threads()} threads)",
         "preset": args.preset, "resolution": resolution, "batch": args.batch, "precision": args.precision,
-        "gradient_checkpointing": args.gradient_checkpointing, "timed_steps_per_side": per_round * args.rounds,
+        "gradient_checkpointing": args.gradient_checkpointing, "use_8bit_adam": args.use_8bit_adam,
+        "unet_parameters": sum(p.numel() for p in unet.parameters()), "timed_steps_per_side": per_round * args.rounds,
     }
     if peak:
         result["peak_gpu_mem_gib_ours"] = round(peak["ours"], 2)
