@@ -66,14 +66,19 @@ Logs: `weights/<model>.log.jsonl` (one JSON row per evaluation). Training resume
   process (effective batch 32, 55.6 min) with mirrored pairs, whose instructions swap left and
   right (`train.random_flip=true`, `train.flip_swap_words=[[left, right]]`; the last row: kept
   0.34 -> 0.39 at the headline setting and more at every other setting of the sweep, both
-  0.171 -> 0.186, sweep best 0.219 -> 0.252).
+  0.171 -> 0.186, sweep best 0.219 -> 0.252); then 5,000 steps more (99.8 min, one process,
+  cosine to zero) on ten datasets (20,600 triples, 25,519 training pairs: 6,000 more triples
+  rendered by the T2I at step 11,500; the last row: edit 0.48 -> 0.56, kept 0.39 -> 0.47, both
+  0.186 -> 0.257 at the headline setting, better at every setting of the sweep, sweep best
+  0.252 -> 0.343).
   Why it keeps so little: it overfits its pairs. On 168 of its own training pairs (s_T 4 / s_I 4)
   the step-18,200 editor kept the untouched facts in 0.89, as often as the data does; on 168
-  validation pairs it never trained on, 0.67. The shipped one: 0.82 and 0.71, a smaller gap with
-  the mirrored pairs. More distinct pairs is the lever.
+  validation pairs it never trained on, 0.67. The step-21,200 one: 0.85 and 0.71 (on the first
+  dataset's pairs); the shipped one, with 50 % more pairs: 0.84 and 0.74, the gap 0.14 -> 0.10.
+  More distinct pairs is the lever.
   Its oracle figures are far below SDEdit's with the held-out wordings, which ask its tiny text
   encoder (trained on captions alone) for verbs it never saw ("get rid of"); worded as in training
-  it makes about as many of the edits as SDEdit (0.82 vs 0.81) but keeps far less (0.50 vs 0.97):
+  it makes about as many of the edits as SDEdit (0.85 vs 0.81) but keeps far less (0.56 vs 0.97):
   see issue 6.
 
 Columns: `minutes` counts from the trainer's latest (re)start, not from step 0. VAE rows before
