@@ -5,8 +5,8 @@
 # that hangs or fails costs only its own slot. Per benchmark: DIR/NAME.log, whose last line is
 # its JSON; DIR/summary.jsonl gathers those lines.
 #
-#   bash bench/gpu.sh runs/bench-gpu        # needs python3 with torch (CUDA), diffusers, bitsandbytes,
-#                                            # open_clip_torch, pydantic (pyproject.toml's dependencies)
+#   bash bench/gpu.sh runs/bench-gpu        # python3 with editsynth's dependencies (CUDA torch) and
+#                                            # bitsandbytes (8-bit Adam: pip install bitsandbytes)
 set -u
 out=${1:-runs/bench-gpu}
 mkdir -p "$out"
