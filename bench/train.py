@@ -192,16 +192,16 @@ def main(argv=None) -> dict:
         _sync(device)
         return time.perf_counter() - t
 
-    make = {name: (lambda ours=(name == "ours"): Side(unet, device, ours, args.precision,
-                                                      args.gradient_checkpointing, args.use_8bit_adam))
-            for name in ("reference", "ours")}
+    def make(name):
+        return Side(unet, device, name == "ours", args.precision, args.gradient_checkpointing, args.use_8bit_adam)
+
     steps = {"reference": run_ref, "ours": run_ours}
     times = {"reference": 0.0, "ours": 0.0}
     per_round = max(1, args.steps // args.rounds)
     peak = {}
     if device.type == "cpu":
         # A shared CPU's load drifts: keep both trainers resident and alternate timed blocks.
-        sides = {name: make[name]() for name in make}
+        sides = {name: make(name) for name in steps}
         for name in sides:
             steps[name](sides[name], args.warmup)
         for _ in range(args.rounds):
@@ -209,8 +209,8 @@ def main(argv=None) -> dict:
                 times[name] += timed(steps[name], sides[name], per_round)
     else:
         # One trainer on the GPU at a time, so the peak memory is that of one trainer.
-        for name in make:
-            side = make[name]()
+        for name in steps:
+            side = make(name)
             steps[name](side, args.warmup)
             torch.cuda.reset_peak_memory_stats()
             times[name] = timed(steps[name], side, per_round * args.rounds)

@@ -37,9 +37,10 @@ def _parts():
 
 def _loss_and_grad(parts, device: str, precision: str):
     from model import editor
+    from model.loading import resolve_dtype
 
     vae, text_encoder, tokenizer, unet, sched, batch = parts
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+    dtype = resolve_dtype(precision, torch.device(device))
     vae = editor.freeze(copy.deepcopy(vae)).to(device, dtype)
     text_encoder = editor.freeze(copy.deepcopy(text_encoder)).to(device, dtype)
     unet = copy.deepcopy(unet).to(device).train()
