@@ -69,6 +69,13 @@ def run_eval(args) -> int:
     if args.split:
         ecfg.split = args.split
     base = args.base_model or evaluate.base_model_of(args.editor, cfg.train.base_model)
+    if args.oracle and cfg.train.data:  # the dataset's own pairs: train vs held-out split = overfitting
+        result = evaluate.evaluate_oracle_pairs(args.editor, cfg.train.data, ecfg.split, ecfg, args.out,
+                                                device=args.device)
+        keys = ("split", "num_scenes", "edit_accuracy", "preservation", "edit_correct",
+                "dataset_edit_accuracy", "dataset_preservation")
+        print(json.dumps({k: result[k] for k in keys}))
+        return 0
     if args.oracle:
         result = evaluate.evaluate_oracle(args.editor, ecfg, args.out, None if args.no_sdedit else base,
                                           device=args.device)
@@ -107,6 +114,8 @@ def register(sub) -> None:
     e.add_argument("--base-model", default=None,
                    help="SDEdit's model (default: the editor's base from editsynth_train.json)")
     e.add_argument("--no-sdedit", action="store_true", help="skip the SDEdit baseline")
-    e.add_argument("--oracle", action="store_true", help="judge edits of rendered shapes-world scenes exactly")
+    e.add_argument("--oracle", action="store_true",
+                   help="judge edits of rendered shapes-world scenes exactly (oracle_edit.json); with --data, "
+                        "judge edits of that shapes dataset's own pairs of --split instead (oracle_pairs.json)")
     e.add_argument("--device", default="auto")
     e.set_defaults(func=reported("eval", run_eval))

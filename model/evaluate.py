@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 SWEEP_FILE = "eval.json"
 PLOT_FILE = "eval_plot.png"
 ORACLE_FILE = "oracle_edit.json"
+PAIRS_ORACLE_FILE = "oracle_pairs.json"
 
 
 # ---------------------------------------------------------------------------------------
@@ -262,7 +263,8 @@ def _rates(judgements: list, idx: list[int]) -> tuple[float, float]:
 
 def oracle_summary(kinds: list[str], judged: dict[str, list]) -> dict:
     """Edit accuracy and preservation overall and per edit kind, for each method judged."""
-    prefix = {"editor": "", "sdedit": "sdedit_", "identity": "identity_", "seen_phrasing": "seen_phrasing_"}
+    prefix = {"editor": "", "sdedit": "sdedit_", "identity": "identity_", "seen_phrasing": "seen_phrasing_",
+              "dataset": "dataset_"}
     by_kind_idx: dict[str, list[int]] = defaultdict(list)
     for i, k in enumerate(kinds):
         by_kind_idx[k].append(i)
@@ -309,18 +311,8 @@ def evaluate_oracle(editor_model: str, cfg: EvalConfig, out: str | Path, base_mo
 
     editor = load_editor(editor_model, device=device)
     instructions = [t.instruction for t in triples]
-    edited = edit_batch(editor, inputs, instructions, cfg.steps, cfg.oracle_text_guidance,
-                        cfg.oracle_image_guidance, cfg.seed, cfg.batch_size, seeds)
-    edited_judged = judge(edited)
-    sweep = []
+    edited, edited_judged, sweep = _edit_and_judge(editor, inputs, instructions, seeds, kinds, judge, cfg)
     headline = (cfg.oracle_text_guidance, cfg.oracle_image_guidance)
-    for s_text, s_img in oracle_sweep_points(cfg):
-        judged_at = edited_judged if (s_text, s_img) == headline else judge(edit_batch(
-            editor, inputs, instructions, cfg.steps, s_text, s_img, cfg.seed, cfg.batch_size, seeds))
-        point = oracle_summary(kinds, {"editor": judged_at})
-        sweep.append({"text_guidance_scale": s_text, "image_guidance_scale": s_img,
-                      **{k: point[k] for k in ("edit_accuracy", "preservation", "edit_correct")}})
-        log.info("oracle s_T=%.2f s_I=%.2f: %s", s_text, s_img, sweep[-1])
     judged = {"editor": edited_judged, "identity": judge(inputs)}
     if cfg.oracle_seen_phrasing:  # the headline setting again, the edits worded as in training
         judged["seen_phrasing"] = judge(edit_batch(editor, inputs, seen_phrasings(triples, cfg.seed), cfg.steps,
@@ -342,6 +334,66 @@ def evaluate_oracle(editor_model: str, cfg: EvalConfig, out: str | Path, base_mo
         result["image_guidance_sweep"] = sweep
     _save_oracle_grid(inputs, edited, triples, out / "oracle_examples.png")
     (out / ORACLE_FILE).write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _edit_and_judge(editor, inputs, instructions, seeds, kinds, judge, cfg: EvalConfig):
+    """Edit at the headline (s_T, s_I), then at every other sweep point; judge each with ``judge``.
+    Returns the headline edits, their judgements, and the sweep's summary rows."""
+    headline = (cfg.oracle_text_guidance, cfg.oracle_image_guidance)
+    edited = edit_batch(editor, inputs, instructions, cfg.steps, *headline, cfg.seed, cfg.batch_size, seeds)
+    edited_judged = judge(edited)
+    sweep = []
+    for s_text, s_img in oracle_sweep_points(cfg):
+        judged_at = edited_judged if (s_text, s_img) == headline else judge(edit_batch(
+            editor, inputs, instructions, cfg.steps, s_text, s_img, cfg.seed, cfg.batch_size, seeds))
+        point = oracle_summary(kinds, {"editor": judged_at})
+        sweep.append({"text_guidance_scale": s_text, "image_guidance_scale": s_img,
+                      **{k: point[k] for k in ("edit_accuracy", "preservation", "edit_correct")}})
+        log.info("oracle s_T=%.2f s_I=%.2f: %s", s_text, s_img, sweep[-1])
+    return edited, edited_judged, sweep
+
+
+def evaluate_oracle_pairs(editor_model: str, data: str, split: str, cfg: EvalConfig, out: str | Path,
+                          device: str = "auto") -> dict:
+    """Edit a shapes dataset's own pairs (its generated 'before' images, its instructions) and let the
+    oracle judge them -> oracle_pairs.json. On the train split against a held-out one this measures
+    how much the editor has learnt its training pairs by heart; the ``dataset_*`` keys judge the
+    pairs' own edited images, the ceiling the data sets."""
+    from datagen.shapes import oracle
+    from model.data import load_examples
+    from model.loading import load_editor, resolve_device
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    examples = load_examples(data, split, cfg.oracle_num_scenes, cfg.seed)
+    missing = [e.key for e in examples if not (e.input_caption and e.output_caption)]
+    if missing:
+        raise ValueError(f"{data!r} split {split!r}: the oracle needs input_caption and output_caption; "
+                         f"{len(missing)} pairs lack them (first: {missing[0]!r})")
+    inputs = [e.input_image.convert("RGB") for e in examples]
+    seeds = [seed_from(cfg.seed, "edit", i) for i in range(len(examples))]
+    kinds = [e.edit_kind or "unknown" for e in examples]
+
+    def judge(outputs):
+        return [oracle.judge_pair(before, after, e.input_caption, e.output_caption)
+                for before, after, e in zip(inputs, outputs, examples)]
+
+    editor = load_editor(editor_model, device=device)
+    _, edited_judged, sweep = _edit_and_judge(editor, inputs, [e.instruction for e in examples],
+                                              seeds, kinds, judge, cfg)
+    del editor
+    result = oracle_summary(kinds, {"editor": edited_judged,
+                                    "dataset": judge([e.edited_image.convert("RGB") for e in examples])})
+    result.update({
+        "editor": editor_model, "data": data, "split": split, "steps": cfg.steps,
+        "text_guidance_scale": cfg.oracle_text_guidance, "image_guidance_scale": cfg.oracle_image_guidance,
+        "seed": cfg.seed, "device": str(resolve_device(device)), "seconds": round(time.time() - started, 2),
+    })
+    if sweep:
+        result["image_guidance_sweep"] = sweep
+    (out / PAIRS_ORACLE_FILE).write_text(json.dumps(result, indent=1))
     return result
 
 

@@ -157,3 +157,33 @@ def test_oracle_eval_of_a_missing_shipped_editor_says_how_to_get_one(tmp_path, m
     cfg = load_config("shapes", ["train.eval.oracle_num_scenes=1"]).train.eval
     with pytest.raises(EditorLoadError, match="shipped shapes editor"):
         E.evaluate_oracle("shapes", cfg, tmp_path / "out", base_model=None)
+
+
+def test_oracle_eval_on_a_datasets_own_pairs_judges_editor_and_data(tmp_path, tiny_editor_dir):
+    # Exact renders as the "dataset": the oracle must find every one of its pairs right, and the
+    # editor's edits of the same inputs are judged beside them, per edit kind, for the split asked.
+    pairs = shapes_pairs(6, seed=3, size=64)
+    write_shards(tmp_path / "data", pairs, num_shards=2, split="train")
+    out = tmp_path / "fit"
+    rc = editsynth_cli.main(["eval", "--oracle", "--editor", str(tiny_editor_dir), "--data", str(tmp_path / "data"),
+                             "--split", "train", "--out", str(out), "--set", "train.eval.oracle_num_scenes=50",
+                             "--set", "train.eval.steps=2", "--set", "train.eval.oracle_image_guidance_sweep=[1.5,4]",
+                             "--set", "train.eval.oracle_text_guidance_sweep=[]"])
+    assert rc == 0
+    saved = json.loads((out / E.PAIRS_ORACLE_FILE).read_text())
+    assert saved["split"] == "train" and saved["num_scenes"] == 6   # all pairs, though 50 were allowed
+    assert saved["dataset_edit_accuracy"] == 1.0 and saved["dataset_preservation"] == 1.0
+    assert 0.0 <= saved["edit_accuracy"] <= 1.0 and 0.0 <= saved["preservation"] <= 1.0
+    assert sorted(saved["by_edit_kind"]) == sorted({meta["edit_kind"] for *_, meta in pairs})
+    assert [p["image_guidance_scale"] for p in saved["image_guidance_sweep"]] == [1.5, 4.0]
+    assert not (out / E.ORACLE_FILE).exists()
+
+
+def test_oracle_eval_on_pairs_without_captions_names_the_problem(tmp_path, tiny_editor_dir):
+    from datagen.config import load_config
+
+    pairs = [(k, a, b, {"instruction": m["instruction"]}) for k, a, b, m in shapes_pairs(2, seed=4, size=64)]
+    write_shards(tmp_path / "data", pairs, split="test")
+    cfg = load_config("shapes", ["train.eval.steps=2"]).train.eval
+    with pytest.raises(ValueError, match="input_caption and output_caption.*2 pairs"):
+        E.evaluate_oracle_pairs(str(tiny_editor_dir), str(tmp_path / "data"), "test", cfg, tmp_path / "out")
