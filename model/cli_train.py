@@ -68,7 +68,6 @@ def run_eval(args) -> int:
     ecfg = cfg.train.eval
     if args.split:
         ecfg.split = args.split
-    base = args.base_model or evaluate.base_model_of(args.editor, cfg.train.base_model)
     if args.oracle and cfg.train.data:  # the dataset's own pairs: train vs held-out split = overfitting
         result = evaluate.evaluate_oracle_pairs(args.editor, cfg.train.data, ecfg.split, ecfg, args.out,
                                                 device=args.device)
@@ -76,6 +75,7 @@ def run_eval(args) -> int:
                 "dataset_edit_accuracy", "dataset_preservation")
         print(json.dumps({k: result[k] for k in keys}))
         return 0
+    base = args.base_model or evaluate.base_model_of(args.editor, cfg.train.base_model)
     if args.oracle:
         result = evaluate.evaluate_oracle(args.editor, ecfg, args.out, None if args.no_sdedit else base,
                                           device=args.device)

@@ -361,7 +361,7 @@ def evaluate_oracle_pairs(editor_model: str, data: str, split: str, cfg: EvalCon
     how much the editor has learnt its training pairs by heart; the ``dataset_*`` keys judge the
     pairs' own edited images, the ceiling the data sets."""
     from datagen.shapes import oracle
-    from model.data import load_examples
+    from model.data import DataError, load_examples
     from model.loading import load_editor, resolve_device
 
     out = Path(out)
@@ -370,7 +370,7 @@ def evaluate_oracle_pairs(editor_model: str, data: str, split: str, cfg: EvalCon
     examples = load_examples(data, split, cfg.oracle_num_scenes, cfg.seed)
     missing = [e.key for e in examples if not (e.input_caption and e.output_caption)]
     if missing:
-        raise ValueError(f"{data!r} split {split!r}: the oracle needs input_caption and output_caption; "
+        raise DataError(f"{data!r} split {split!r}: the oracle needs input_caption and output_caption; "
                          f"{len(missing)} pairs lack them (first: {missing[0]!r})")
     inputs = [e.input_image.convert("RGB") for e in examples]
     seeds = [seed_from(cfg.seed, "edit", i) for i in range(len(examples))]
