@@ -371,7 +371,7 @@ def evaluate_oracle_pairs(editor_model: str, data: str, split: str, cfg: EvalCon
     missing = [e.key for e in examples if not (e.input_caption and e.output_caption)]
     if missing:
         raise DataError(f"{data!r} split {split!r}: the oracle needs input_caption and output_caption; "
-                         f"{len(missing)} pairs lack them (first: {missing[0]!r})")
+                        f"{len(missing)} pairs lack them (first: {missing[0]!r})")
     inputs = [e.input_image.convert("RGB") for e in examples]
     seeds = [seed_from(cfg.seed, "edit", i) for i in range(len(examples))]
     kinds = [e.edit_kind or "unknown" for e in examples]

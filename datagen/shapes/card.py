@@ -90,11 +90,11 @@ Logs: `weights/<model>.log.jsonl` (one JSON row per evaluation). Training resume
   validation pairs it never trained on, 0.67. The step-21,200 one: 0.85 and 0.71 (on the first
   dataset's pairs); the step-26,200 one, with 50 % more pairs: 0.84 and 0.74, the gap 0.14 ->
   0.10; the step-32,200 one, with a third more again: 0.87 and 0.77 (same gap, both higher).
-  The shipped one, on the sixth-last dataset's pairs (`editsynth eval --oracle --data
+  The step-34,200 one, on the seed-14 dataset's pairs (`editsynth eval --oracle --data
   runs/shapes-editor-data14/export --split train|validation`, s_T 4 / s_I 4): 0.90 on its
   training pairs, 0.89 on that dataset's validation pairs (the step-32,200 one, which saw neither:
   0.85 and 0.85); the gap in edits made is larger, 0.83 vs 0.74 (0.80 and 0.77 before). The
-  step-37,200 one, same pairs: kept 0.94 and 0.91, edits 0.85 and 0.81 (gap 0.09 -> 0.04).
+  step-37,200 one, same pairs: kept 0.94 and 0.91, edits 0.85 and 0.81 (gap 0.08 -> 0.04).
   More distinct pairs is the lever.
   Its oracle figures are far below SDEdit's with the held-out wordings, which ask its tiny text
   encoder (trained on captions alone) for verbs it never saw ("get rid of"); worded as in training
