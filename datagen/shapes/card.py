@@ -84,7 +84,13 @@ Logs: `weights/<model>.log.jsonl` (one JSON row per evaluation). Training resume
   27,705 training pairs): the last row: edit 0.61 -> 0.62, kept 0.55 -> 0.63, both 0.343 -> 0.405
   at the headline setting, worded as in training 0.89/0.69 -> 0.93/0.74; better "both" at every
   setting of the sweep; at s_T 4 / s_I 2.5 it keeps 0.81 and makes 0.58 of the edits (both 0.500,
-  the sweep's best).
+  the sweep's best). Not shipped: 2,000 steps more (16.3 min) on six new datasets alone (seeds
+  26-31, 12,000 triples, 13,912 training pairs; the earlier ones were not on that machine) made
+  it better worded as in training (both 0.690 -> 0.719) and worse with the held-out wordings at
+  five of six settings (headline both 0.405 -> 0.386, sweep best 0.500 -> 0.438); on the seed-26
+  dataset's pairs (s_T 4 / s_I 4) it made 0.87 of the edits on its training pairs and 0.76 on
+  validation ones, a gap of 0.11 where the shipped one, which saw neither, has 0.80 and 0.76. A
+  retrain on fewer distinct pairs than the last one learns those pairs, not the edits.
   Why it keeps so little: it overfits its pairs. On 168 of its own training pairs (s_T 4 / s_I 4)
   the step-18,200 editor kept the untouched facts in 0.89, as often as the data does; on 168
   validation pairs it never trained on, 0.67. The step-21,200 one: 0.85 and 0.71 (on the first
