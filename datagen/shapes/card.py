@@ -91,7 +91,7 @@ Logs: `weights/<model>.log.jsonl` (one JSON row per evaluation). Training resume
   dataset's pairs (s_T 4 / s_I 4) it made 0.87 of the edits on its training pairs and 0.76 on
   validation ones, a gap of 0.11 where the shipped one, which saw neither, has 0.80 and 0.76. A
   retrain on fewer distinct pairs than the last one learns those pairs, not the edits.
-  Why it keeps so little: it overfits its pairs. On 168 of its own training pairs (s_T 4 / s_I 4)
+  Why the shipped editor keeps so little: it overfits its pairs. On 168 of its own training pairs (s_T 4 / s_I 4)
   the step-18,200 editor kept the untouched facts in 0.89, as often as the data does; on 168
   validation pairs it never trained on, 0.67. The step-21,200 one: 0.85 and 0.71 (on the first
   dataset's pairs); the step-26,200 one, with 50 % more pairs: 0.84 and 0.74, the gap 0.14 ->
