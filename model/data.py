@@ -167,9 +167,14 @@ def _as_pil(value, key: str) -> Image.Image:
     raise DataError(f"row {key!r}: image column holds {type(value).__name__}, not an image")
 
 
+def is_shard_pattern(path: str) -> bool:
+    """Whether ``path`` names shards by a glob or brace pattern (``*``, ``?``, ``{a,b}``)."""
+    return any(ch in path for ch in "*?{")
+
+
 def find_shards(path: str, split: str) -> list[str] | None:
     """The tar shards of ``split`` under ``path``, or None when ``path`` is not webdataset."""
-    if any(ch in path for ch in "*?{") or path.endswith(".tar"):
+    if is_shard_pattern(path) or path.endswith(".tar"):
         if "{" in path:
             import braceexpand
 

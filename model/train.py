@@ -8,7 +8,8 @@ standard diffusers StableDiffusionInstructPix2PixPipeline directory (EMA weights
                                    + trainer_state.json written last (= complete); keep-last-k
   logs/train_log.jsonl             step, loss, lr, samples/s      (TensorBoard on request)
   logs/samples/step-<step>.png     input | edit | target grids
-  editsynth_train.json             how the editor was made (base, steps, device, time, config)
+  editsynth_train.json             how the editor was made (base, data + the shards it matched, steps,
+                                   device, time, config)
 
 Re-running the same command after a crash (even SIGKILL) resumes from the last complete
 checkpoint and sees the same data in the same order as the uninterrupted run would.
@@ -314,6 +315,8 @@ def train_process(cfg: TrainConfig, out: str | Path, command: str | None = None)
         editor.save_pipeline(parts, out, final_unet)
         info = {
             "base_model": cfg.base_model, "base_source": parts.source, "data": cfg.data, "split": cfg.split,
+            # what a pattern matched when it ran: the same pattern matches more once more runs exist
+            "data_shards": source.shards if isinstance(source, editdata.WebdatasetSource) else None,
             "steps": step, "final_loss": last_loss, "resumed_from": resumed_from, "device": str(device),
             "world_size": accelerator.num_processes,
             "seconds_total": seconds_before + seconds,
@@ -323,7 +326,8 @@ def train_process(cfg: TrainConfig, out: str | Path, command: str | None = None)
         }
         (out / TRAIN_INFO_FILE).write_text(json.dumps(info, indent=1))
         _write_model_card(out, cfg, command or _command_line(), step, last_loss, str(device),
-                          accelerator.num_processes, seconds_before + seconds, info.get("retrained_from"))
+                          accelerator.num_processes, seconds_before + seconds, info.get("retrained_from"),
+                          info["data_shards"])
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(str(out), step, last_loss, seconds, resumed_from, accelerator.num_processes, str(device))
@@ -365,9 +369,16 @@ def _command_line() -> str:
 
 
 def _write_model_card(out: Path, cfg: TrainConfig, command: str, steps: int, loss, device: str, world: int,
-                      seconds: float, retrained_from: dict | None = None) -> None:
+                      seconds: float, retrained_from: dict | None = None, data_shards: list[str] | None = None
+                      ) -> None:
     """README.md of the editor directory: how it was made, so it can be made again."""
     eff = cfg.batch_size * cfg.gradient_accumulation_steps * world
+    matched = ""
+    if data_shards and editdata.is_shard_pattern(cfg.data):
+        folders = sorted({str(Path(s).parent) for s in data_shards})
+        matched = (f"\nThe data pattern matched {len(data_shards)} shard(s) in {len(folders)} folder(s) "
+                   f"(every shard: `editsynth_train.json`, key `data_shards`):\n\n"
+                   + "".join(f"- `{f}`\n" for f in folders))
     before = ""
     if retrained_from:
         prior_steps, prior_seconds = chain_totals(retrained_from)
@@ -385,7 +396,7 @@ def _write_model_card(out: Path, cfg: TrainConfig, command: str, steps: int, los
         f"| conditioning dropout (text / image / both) | {cfg.conditioning_dropout_text} / "
         f"{cfg.conditioning_dropout_image} / {cfg.conditioning_dropout_both} |\n"
         f"| final loss | {loss if loss is None else round(loss, 5)} |\n| device | {device} |\n"
-        f"| training time | {seconds / 60:.1f} min |\n{before}\nCommand:\n\n```\n{command}\n```\n\n"
+        f"| training time | {seconds / 60:.1f} min |\n{matched}{before}\nCommand:\n\n```\n{command}\n```\n\n"
         "Full configuration: `editsynth_train.json`.\n")
 
 
@@ -401,7 +412,7 @@ def _absolute_if_local(path: str) -> str:
     absolute; anything else (hub ids, `shapes`) unchanged."""
     if path and Path(path).exists():
         return str(Path(path).resolve())
-    if path and any(ch in path for ch in "*?{") and not os.path.isabs(path):
+    if path and editdata.is_shard_pattern(path) and not os.path.isabs(path):
         return os.path.join(os.getcwd(), path)
     return path
 

@@ -83,6 +83,25 @@ def test_a_cosine_learning_rate_warms_up_then_decays_to_zero_at_max_steps(tmp_pa
     assert lrs[-1] == pytest.approx(0.0, abs=1e-12)       # ... to zero exactly at max_steps
 
 
+def test_a_shard_pattern_is_recorded_with_the_shards_it_matched(tmp_path, tiny_sd_dir):
+    # Two runs match the pattern and one does not; later runs would match it too, so the
+    # record keeps what it matched when the editor trained.
+    for run, seed in (("data1", 1), ("data2", 2), ("other", 3)):
+        write_shards(tmp_path / run / "train", shapes_pairs(4, seed=seed), num_shards=2 if seed == 2 else 1)
+    pattern = str(tmp_path / "data*" / "train" / "*.tar")
+    cfg = _cfg(tiny_sd_dir, pattern, **{"train.max_steps": 1, "train.batch_size": 2,
+                                        "train.num_sample_images": 0, "train.use_ema": False})
+    T.train(cfg, tmp_path / "run")
+    info = json.loads((tmp_path / "run" / T.TRAIN_INFO_FILE).read_text())
+    assert info["data"] == pattern
+    assert info["data_shards"] == [str(tmp_path / "data1" / "train" / "pairs-00000.tar"),
+                                   str(tmp_path / "data2" / "train" / "pairs-00000.tar"),
+                                   str(tmp_path / "data2" / "train" / "pairs-00001.tar")]
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "matched 3 shard(s) in 2 folder(s)" in card
+    assert f"- `{tmp_path / 'data2' / 'train'}`" in card and str(tmp_path / "other") not in card
+
+
 def test_resume_after_sigkill_continues_with_the_same_data_and_state(tmp_path, tiny_sd_dir, pairs_dir):
     extra = {"train.max_steps": 30, "train.checkpoint_every": 10, "train.keep_checkpoints": 5}
     cmd = [sys.executable, str(REPO / "train_editor.py"), "--pipeline", "shapes", "--out", str(tmp_path / "killed")]
