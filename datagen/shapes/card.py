@@ -128,7 +128,7 @@ Logs: `weights/<model>.log.jsonl` (one JSON row per evaluation). Training resume
   noise of 168 pairs. More distinct pairs is the lever.
   Its oracle figures are far below SDEdit's with the held-out wordings, which ask its tiny text
   encoder (trained on captions alone) for verbs it never saw ("get rid of"); worded as in training
-  it makes more of the edits than SDEdit (0.94 vs 0.81) but keeps far less (0.78 vs 0.97):
+  it makes more of the edits than SDEdit (0.95 vs 0.81) but keeps less (0.81 vs 0.97):
   see issue 6.
 
 Columns: `minutes` counts from the trainer's latest (re)start, not from step 0. VAE rows before
