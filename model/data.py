@@ -175,14 +175,18 @@ def is_shard_pattern(path: str) -> bool:
 def find_shards(path: str, split: str) -> list[str] | None:
     """The tar shards of ``split`` under ``path``, or None when ``path`` is not webdataset."""
     if is_shard_pattern(path) or path.endswith(".tar"):
-        if "{" in path:
-            import braceexpand
+        import braceexpand
 
-            return sorted(p for pat in braceexpand.braceexpand(path) for p in (glob.glob(pat) or [pat]))
-        found = sorted(glob.glob(path))
-        if not found:
-            raise DataError(f"no shards match {path!r}")
-        return found
+        found = []
+        for pattern in braceexpand.braceexpand(path):
+            if not any(ch in pattern for ch in "*?"):
+                found.append(pattern)  # a plain name or URL: webdataset opens it as it is
+                continue
+            matched = glob.glob(pattern)
+            if not matched:  # one empty glob would silently drop a whole part of the data
+                raise DataError(f"no shards match {pattern!r}" + (f" (from {path!r})" if pattern != path else ""))
+            found.extend(matched)
+        return sorted(found)
     root = Path(path)
     if not root.is_dir():
         return None
