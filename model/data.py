@@ -179,10 +179,9 @@ def find_shards(path: str, split: str) -> list[str] | None:
 
         found = []
         for pattern in braceexpand.braceexpand(path):
-            if not any(ch in pattern for ch in "*?"):
-                found.append(pattern)  # a plain name or URL: webdataset opens it as it is
-                continue
             matched = glob.glob(pattern)
+            if not matched and "{" in path and not any(ch in pattern for ch in "*?"):
+                matched = [pattern]  # a brace-expanded plain name or URL: webdataset opens it as it is
             if not matched:  # one empty glob would silently drop a whole part of the data
                 raise DataError(f"no shards match {pattern!r}" + (f" (from {path!r})" if pattern != path else ""))
             found.extend(matched)

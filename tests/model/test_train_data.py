@@ -187,6 +187,8 @@ def test_bad_data_paths_and_missing_splits_get_clear_errors(tmp_path, pairs):
         D.open_source("", "train")
     with pytest.raises(D.DataError, match="no shards match"):
         D.open_source(str(tmp_path / "none-*.tar"), "train")
+    with pytest.raises(D.DataError, match="no shards match"):
+        D.open_source(str(tmp_path / "missing.tar"), "train")
     # a brace pattern is expanded first; any of its globs that matches nothing is named
     write_shards(tmp_path / "a", pairs, num_shards=2)
     write_shards(tmp_path / "b", pairs, num_shards=1)
