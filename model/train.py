@@ -368,6 +368,11 @@ def _command_line() -> str:
     return " ".join(shlex.quote(a) for a in sys.argv) if sys.argv and sys.argv[0] else "(library call)"
 
 
+def shard_folders(shards: list[str]) -> list[str]:
+    """The folders a shard pattern's matches lie in: one per dataset run, the unit people name."""
+    return sorted({str(Path(s).parent) for s in shards})
+
+
 def _write_model_card(out: Path, cfg: TrainConfig, command: str, steps: int, loss, device: str, world: int,
                       seconds: float, retrained_from: dict | None = None, data_shards: list[str] | None = None
                       ) -> None:
@@ -375,7 +380,7 @@ def _write_model_card(out: Path, cfg: TrainConfig, command: str, steps: int, los
     eff = cfg.batch_size * cfg.gradient_accumulation_steps * world
     matched = ""
     if data_shards and editdata.is_shard_pattern(cfg.data):
-        folders = sorted({str(Path(s).parent) for s in data_shards})
+        folders = shard_folders(data_shards)
         matched = (f"\nThe data pattern matched {len(data_shards)} shard(s) in {len(folders)} folder(s) "
                    f"(every shard: `editsynth_train.json`, key `data_shards`):\n\n"
                    + "".join(f"- `{f}`\n" for f in folders))

@@ -83,7 +83,9 @@ def test_a_cosine_learning_rate_warms_up_then_decays_to_zero_at_max_steps(tmp_pa
     assert lrs[-1] == pytest.approx(0.0, abs=1e-12)       # ... to zero exactly at max_steps
 
 
-def test_a_shard_pattern_is_recorded_with_the_shards_it_matched(tmp_path, tiny_sd_dir):
+def test_a_shard_pattern_is_recorded_with_the_shards_it_matched(tmp_path, tiny_sd_dir, monkeypatch):
+    from datagen.shapes import train as shapes_train
+
     # Two runs match the pattern and one does not; later runs would match it too, so the
     # record keeps what it matched when the editor trained.
     for run, seed in (("data1", 1), ("data2", 2), ("other", 3)):
@@ -100,6 +102,15 @@ def test_a_shard_pattern_is_recorded_with_the_shards_it_matched(tmp_path, tiny_s
     card = (tmp_path / "run" / "README.md").read_text()
     assert "matched 3 shard(s) in 2 folder(s)" in card
     assert f"- `{tmp_path / 'data2' / 'train'}`" in card and str(tmp_path / "other") not in card
+
+    # Publishing it as `shapes` keeps the match in the weights' log row too.
+    monkeypatch.setattr(shapes_train, "SHIPPED_DIR", tmp_path / "weights")
+    monkeypatch.setattr(shapes_train, "SHIPPED_EDITOR", tmp_path / "weights" / "editor")
+    shapes_train.publish_editor(tmp_path / "run")
+    row = json.loads((tmp_path / "weights" / "editor.log.jsonl").read_text().splitlines()[-1])
+    assert row["data"] == pattern
+    assert row["data_matched"] == {"shards": 3, "folders": [str(tmp_path / "data1" / "train"),
+                                                            str(tmp_path / "data2" / "train")]}
 
 
 def test_resume_after_sigkill_continues_with_the_same_data_and_state(tmp_path, tiny_sd_dir, pairs_dir):
@@ -201,6 +212,7 @@ def test_a_trained_editor_is_published_as_shapes_with_its_oracle_figures(tmp_pat
         assert "_name_or_path" not in json.loads(config.read_text()), config
     row = json.loads((shipped / "editor.log.jsonl").read_text().splitlines()[-1])
     assert row["step"] == 3 and row["device"] == "cpu"
+    assert "data_matched" not in row                                   # a folder, not a pattern
     assert row["edit_accuracy"] == round(figures["edit_accuracy"], 4)
     assert row["sdedit_preservation"] == round(figures["sdedit_preservation"], 4)
     best = max(figures["image_guidance_sweep"], key=lambda p: p["edit_correct"])
