@@ -208,6 +208,9 @@ class EvalConfig(Section):
     steps: int = Field(50, ge=1)
     batch_size: int = Field(8, ge=1)
     seed: int = 0
+    # The sampler of the editor and of SDEdit alike (a diffusers class name): the original's
+    # Euler ancestral, or the one an editor is served with (`editsynth edit --scheduler`).
+    scheduler: str = "EulerAncestralDiscreteScheduler"
     # --oracle: held-out rendered scenes (negative seeds, never used for training data).
     oracle_num_scenes: int = Field(210, ge=1)
     oracle_image_guidance: float = Field(1.5, ge=0)

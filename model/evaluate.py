@@ -31,6 +31,7 @@ from PIL import Image
 
 from datagen.config import EvalConfig
 from datagen.records import seed_from
+from model.sampling import DEFAULT_SCHEDULER
 
 log = logging.getLogger(__name__)
 
@@ -45,28 +46,29 @@ PAIRS_ORACLE_FILE = "oracle_pairs.json"
 # ---------------------------------------------------------------------------------------
 def edit_batch(editor, images: Sequence[Image.Image], instructions: Sequence[str], steps: int,
                text_guidance: float, image_guidance: float, seed: int, batch_size: int = 8,
-               seeds: Sequence[int] | None = None) -> list[Image.Image]:
+               seeds: Sequence[int] | None = None, scheduler: str = DEFAULT_SCHEDULER) -> list[Image.Image]:
     """Edit images with an InstructPix2Pix editor (an Editor or an in-memory pipeline)."""
     from model.sampling import EditSettings, edit_images
 
     seeds = list(seeds) if seeds is not None else [seed_from(seed, i) for i in range(len(images))]
     settings = EditSettings(text_guidance=text_guidance, image_guidance=image_guidance, steps=steps,
-                            seed=seed, batch_size=batch_size)
+                            seed=seed, batch_size=batch_size, scheduler=scheduler)
     return edit_images(editor, list(images), list(instructions), settings, seeds=seeds)
 
 
-def load_sdedit(base_model: str, device: torch.device):
-    """SDEdit = Stable Diffusion img2img on the editor's base model, Euler ancestral like the editor."""
-    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionImg2ImgPipeline
+def load_sdedit(base_model: str, device: torch.device, scheduler: str = DEFAULT_SCHEDULER):
+    """SDEdit = Stable Diffusion img2img on the editor's base model, with the editor's sampler."""
+    from diffusers import StableDiffusionImg2ImgPipeline
 
     from datagen.shapes.models import resolve_model
+    from model.sampling import make_scheduler
 
     # float32 on every part: a checkpoint saved in fp16 (ours) would otherwise load with an fp16
     # text encoder beside an fp32 VAE and fail in img2img's encode.
     pipe = StableDiffusionImg2ImgPipeline.from_pretrained(
         resolve_model(base_model, "t2i"), torch_dtype=torch.float32, safety_checker=None,
         requires_safety_checker=False)
-    pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
@@ -203,14 +205,14 @@ def evaluate_sweep(editor_model: str, data: str, cfg: EvalConfig, out: str | Pat
     editor_points = []
     for s_img in cfg.image_guidance_scales:
         outputs = edit_batch(editor, inputs, instructions, cfg.steps, cfg.text_guidance_scale, s_img,
-                             cfg.seed, cfg.batch_size, seeds)
+                             cfg.seed, cfg.batch_size, seeds, cfg.scheduler)
         editor_points.append(_point(clip, s_img, f_in, t_in, t_out, outputs))
         log.info("editor s_I=%.2f: %s", s_img, editor_points[-1])
     del editor
 
     sdedit_points = []
     if cfg.sdedit_strengths:
-        sdedit = load_sdedit(base_model, dev)
+        sdedit = load_sdedit(base_model, dev, cfg.scheduler)
         captions = [ex.output_caption for ex in examples]
         for strength in cfg.sdedit_strengths:
             outputs = sdedit_batch(sdedit, inputs, captions, strength, cfg.steps, cfg.text_guidance_scale,
@@ -222,6 +224,7 @@ def evaluate_sweep(editor_model: str, data: str, cfg: EvalConfig, out: str | Pat
     result = {
         "editor": editor_model, "base_model": base_model, "data": data, "split": cfg.split,
         "num_examples": len(examples), "text_guidance_scale": cfg.text_guidance_scale, "steps": cfg.steps,
+        "scheduler": cfg.scheduler,
         "clip_model": cfg.clip_model, "clip_pretrained": cfg.clip_pretrained,
         "editor_sweep": [{"image_guidance_scale": p.setting,
                           "clip_directional_similarity": p.clip_directional_similarity,
@@ -316,16 +319,17 @@ def evaluate_oracle(editor_model: str, cfg: EvalConfig, out: str | Path, base_mo
     judged = {"editor": edited_judged, "identity": judge(inputs)}
     if cfg.oracle_seen_phrasing:  # the headline setting again, the edits worded as in training
         judged["seen_phrasing"] = judge(edit_batch(editor, inputs, seen_phrasings(triples, cfg.seed), cfg.steps,
-                                                   *headline, cfg.seed, cfg.batch_size, seeds))
+                                                   *headline, cfg.seed, cfg.batch_size, seeds, cfg.scheduler))
     del editor
     if base_model:
-        sdedit = load_sdedit(base_model, dev)
+        sdedit = load_sdedit(base_model, dev, cfg.scheduler)
         sd_out = sdedit_batch(sdedit, inputs, [t.output_caption for t in triples], cfg.oracle_sdedit_strength,
                               cfg.steps, cfg.oracle_text_guidance, seeds, cfg.batch_size)
         judged["sdedit"] = judge(sd_out)
     result = oracle_summary(kinds, judged)
     result.update({
         "editor": editor_model, "base_model": base_model, "image_size": image_size, "steps": cfg.steps,
+        "scheduler": cfg.scheduler,
         "text_guidance_scale": cfg.oracle_text_guidance, "image_guidance_scale": cfg.oracle_image_guidance,
         "sdedit_strength": cfg.oracle_sdedit_strength, "seed": cfg.seed, "device": str(dev),
         "seconds": round(time.time() - started, 2),
@@ -341,12 +345,13 @@ def _edit_and_judge(editor, inputs, instructions, seeds, kinds, judge, cfg: Eval
     """Edit at the headline (s_T, s_I), then at every other sweep point; judge each with ``judge``.
     Returns the headline edits, their judgements, and the sweep's summary rows."""
     headline = (cfg.oracle_text_guidance, cfg.oracle_image_guidance)
-    edited = edit_batch(editor, inputs, instructions, cfg.steps, *headline, cfg.seed, cfg.batch_size, seeds)
+    edited = edit_batch(editor, inputs, instructions, cfg.steps, *headline, cfg.seed, cfg.batch_size, seeds,
+                        cfg.scheduler)
     edited_judged = judge(edited)
     sweep = []
     for s_text, s_img in oracle_sweep_points(cfg):
         judged_at = edited_judged if (s_text, s_img) == headline else judge(edit_batch(
-            editor, inputs, instructions, cfg.steps, s_text, s_img, cfg.seed, cfg.batch_size, seeds))
+            editor, inputs, instructions, cfg.steps, s_text, s_img, cfg.seed, cfg.batch_size, seeds, cfg.scheduler))
         point = oracle_summary(kinds, {"editor": judged_at})
         sweep.append({"text_guidance_scale": s_text, "image_guidance_scale": s_img,
                       **{k: point[k] for k in ("edit_accuracy", "preservation", "edit_correct")}})
@@ -387,7 +392,7 @@ def evaluate_oracle_pairs(editor_model: str, data: str, split: str, cfg: EvalCon
     result = oracle_summary(kinds, {"editor": edited_judged,
                                     "dataset": judge([e.edited_image.convert("RGB") for e in examples])})
     result.update({
-        "editor": editor_model, "data": data, "split": split, "steps": cfg.steps,
+        "editor": editor_model, "data": data, "split": split, "steps": cfg.steps, "scheduler": cfg.scheduler,
         "text_guidance_scale": cfg.oracle_text_guidance, "image_guidance_scale": cfg.oracle_image_guidance,
         "seed": cfg.seed, "device": str(resolve_device(device)), "seconds": round(time.time() - started, 2),
     })

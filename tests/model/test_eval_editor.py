@@ -105,6 +105,33 @@ def test_oracle_eval_sweeps_image_and_text_guidance_beside_the_headline_setting(
     assert [(p["text_guidance_scale"], p["image_guidance_scale"]) for p in result["image_guidance_sweep"]] == scales
 
 
+def test_oracle_eval_samples_editor_and_sdedit_with_the_configured_scheduler(tmp_path, tiny_editor_dir, tiny_sd_dir,
+                                                                            monkeypatch):
+    from datagen.config import load_config
+    from model import sampling
+
+    made = []
+    real_make = sampling.make_scheduler
+
+    def recording(name, config):
+        made.append(name)
+        return real_make(name, config)
+
+    monkeypatch.setattr(sampling, "make_scheduler", recording)
+    cfg = load_config("shapes", ["train.eval.oracle_num_scenes=2", "train.eval.steps=2",
+                                 "train.eval.oracle_image_guidance_sweep=[]", "train.eval.oracle_seen_phrasing=false",
+                                 "train.eval.scheduler=DDIMScheduler"]).train.eval
+    result = E.evaluate_oracle(str(tiny_editor_dir), cfg, tmp_path, base_model=str(tiny_sd_dir))
+    assert made and set(made) == {"DDIMScheduler"}       # the editor's edits and SDEdit's alike
+    assert result["scheduler"] == "DDIMScheduler"
+    default = E.evaluate_oracle(str(tiny_editor_dir), cfg.model_copy(update={"scheduler": sampling.DEFAULT_SCHEDULER}),
+                                tmp_path / "default", base_model=None)
+    assert default["scheduler"] == "EulerAncestralDiscreteScheduler" and "EulerAncestralDiscreteScheduler" in made
+    with pytest.raises(ValueError, match="unknown scheduler 'NoSuchScheduler'"):
+        E.evaluate_oracle(str(tiny_editor_dir), cfg.model_copy(update={"scheduler": "NoSuchScheduler"}),
+                          tmp_path / "bad", base_model=None)
+
+
 def test_oracle_eval_judges_the_same_edits_worded_as_in_training(tmp_path, tiny_editor_dir, monkeypatch):
     import re
 
