@@ -67,7 +67,7 @@ def test_sigkill_mid_run_then_rerun_loses_and_duplicates_nothing(tmp_path, api_k
                 "--out", str(out)] + [a for s in sets for a in ("--set", s)]
         proc = processes.start(args, log, cwd=REPO, env=_env())
         try:
-            processes.wait_for(lambda: len(store.done_shards("captions")) >= 2, 150, "2 done shards", proc, log)
+            processes.wait_for(lambda: len(store.done_shards("captions")) >= 2, 600, "2 done shards", proc, log)
         finally:
             processes.stop(proc, signal.SIGKILL)  # kill -9 the run and its local Ray
         done_before = store.done_shards("captions")

@@ -121,11 +121,11 @@ def test_resume_after_sigkill_continues_with_the_same_data_and_state(tmp_path, t
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
+    deadline = time.time() + 600          # a guard against a hang, not a speed check: a loaded machine is slow
     first_ckpt = tmp_path / "killed" / "checkpoints" / "checkpoint-0000010"
     while not first_ckpt.exists():
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        assert time.time() < deadline, "no checkpoint within 120 s"
+        assert time.time() < deadline, "no checkpoint within 600 s"
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)

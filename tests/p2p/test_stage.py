@@ -152,7 +152,7 @@ def test_resume_after_sigkill_skips_done_shards(tmp_path, tiny_sd_dir, ray_local
         proc = subprocess.Popen([sys.executable, "-c", RENDER_RUN, str(store.root / "config.json"), str(store.root)],
                                 cwd=REPO, env=env, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 150
+        deadline = time.time() + 600      # a guard against a hang, not a speed check: a loaded machine is slow
         while not store.is_done(STAGE, 0):
             assert proc.poll() is None, f"the render run ended before its first shard was done:\n{log.read_text()}"
             assert time.time() < deadline, "no render shard done in time"
