@@ -31,7 +31,7 @@ from PIL import Image
 
 from datagen.config import EvalConfig
 from datagen.records import seed_from
-from model.sampling import DEFAULT_SCHEDULER
+from model.sampling import DEFAULT_SCHEDULER, EditSettings, edit_images, make_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,6 @@ def edit_batch(editor, images: Sequence[Image.Image], instructions: Sequence[str
                text_guidance: float, image_guidance: float, seed: int, batch_size: int = 8,
                seeds: Sequence[int] | None = None, scheduler: str = DEFAULT_SCHEDULER) -> list[Image.Image]:
     """Edit images with an InstructPix2Pix editor (an Editor or an in-memory pipeline)."""
-    from model.sampling import EditSettings, edit_images
-
     seeds = list(seeds) if seeds is not None else [seed_from(seed, i) for i in range(len(images))]
     settings = EditSettings(text_guidance=text_guidance, image_guidance=image_guidance, steps=steps,
                             seed=seed, batch_size=batch_size, scheduler=scheduler)
@@ -61,7 +59,6 @@ def load_sdedit(base_model: str, device: torch.device, scheduler: str = DEFAULT_
     from diffusers import StableDiffusionImg2ImgPipeline
 
     from datagen.shapes.models import resolve_model
-    from model.sampling import make_scheduler
 
     # float32 on every part: a checkpoint saved in fp16 (ours) would otherwise load with an fp16
     # text encoder beside an fp32 VAE and fail in img2img's encode.

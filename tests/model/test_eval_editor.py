@@ -110,23 +110,27 @@ def test_oracle_eval_samples_editor_and_sdedit_with_the_configured_scheduler(tmp
     from datagen.config import load_config
     from model import sampling
 
-    made = []
+    made = []                       # (who, scheduler name) of every sampler built
     real_make = sampling.make_scheduler
 
-    def recording(name, config):
-        made.append(name)
-        return real_make(name, config)
+    def recording(who):
+        def make(name, config):
+            made.append((who, name))
+            return real_make(name, config)
+        return make
 
-    monkeypatch.setattr(sampling, "make_scheduler", recording)
+    monkeypatch.setattr(sampling, "make_scheduler", recording("editor"))
+    monkeypatch.setattr(E, "make_scheduler", recording("sdedit"))
     cfg = load_config("shapes", ["train.eval.oracle_num_scenes=2", "train.eval.steps=2",
                                  "train.eval.oracle_image_guidance_sweep=[]", "train.eval.oracle_seen_phrasing=false",
                                  "train.eval.scheduler=DDIMScheduler"]).train.eval
     result = E.evaluate_oracle(str(tiny_editor_dir), cfg, tmp_path, base_model=str(tiny_sd_dir))
-    assert made and set(made) == {"DDIMScheduler"}       # the editor's edits and SDEdit's alike
+    assert set(made) == {("editor", "DDIMScheduler"), ("sdedit", "DDIMScheduler")}
     assert result["scheduler"] == "DDIMScheduler"
     default = E.evaluate_oracle(str(tiny_editor_dir), cfg.model_copy(update={"scheduler": sampling.DEFAULT_SCHEDULER}),
                                 tmp_path / "default", base_model=None)
-    assert default["scheduler"] == "EulerAncestralDiscreteScheduler" and "EulerAncestralDiscreteScheduler" in made
+    assert default["scheduler"] == "EulerAncestralDiscreteScheduler"
+    assert ("editor", "EulerAncestralDiscreteScheduler") in made
     with pytest.raises(ValueError, match="unknown scheduler 'NoSuchScheduler'"):
         E.evaluate_oracle(str(tiny_editor_dir), cfg.model_copy(update={"scheduler": "NoSuchScheduler"}),
                           tmp_path / "bad", base_model=None)
