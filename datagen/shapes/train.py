@@ -500,7 +500,8 @@ def publish_editor(trained: str | Path, evaluation: str | Path | None = None) ->
                     and k != "seconds"})
         row["settings"] = (f"{figures['num_scenes']} held-out rendered scenes, {figures['steps']} steps, "
                            f"text/image guidance {figures['text_guidance_scale']}/{figures['image_guidance_scale']}, "
-                           f"SDEdit strength {figures['sdedit_strength']}")
+                           f"SDEdit strength {figures['sdedit_strength']}"
+                           + (f", sampler {figures['scheduler']}" if "scheduler" in figures else ""))
         if figures.get("image_guidance_sweep"):
             best = max(figures["image_guidance_sweep"], key=lambda p: p["edit_correct"])
             row["sweep_best"] = (f"s_T {best.get('text_guidance_scale', figures['text_guidance_scale'])} / "

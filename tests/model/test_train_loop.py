@@ -215,6 +215,7 @@ def test_a_trained_editor_is_published_as_shapes_with_its_oracle_figures(tmp_pat
     assert "data_matched" not in row                                   # a folder, not a pattern
     assert row["edit_accuracy"] == round(figures["edit_accuracy"], 4)
     assert row["sdedit_preservation"] == round(figures["sdedit_preservation"], 4)
+    assert row["settings"].endswith(", sampler EulerAncestralDiscreteScheduler")   # how it was edited
     best = max(figures["image_guidance_sweep"], key=lambda p: p["edit_correct"])
     assert row["sweep_best"].startswith(f"s_T {best['text_guidance_scale']} / s_I {best['image_guidance_scale']}:")
     assert load_editor("shapes", device="cpu") is not None             # `shapes` now resolves to it
