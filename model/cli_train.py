@@ -93,6 +93,46 @@ def run_eval(args) -> int:
     return 0
 
 
+def run_eval_compare(args) -> int:
+    from pathlib import Path
+
+    from model.evaluate import ORACLE_FILE, PAIRS_ORACLE_FILE, compare_oracle
+
+    def eval_file(given: str) -> Path:
+        path = Path(given)
+        if not path.is_dir():
+            return path
+        return next((f for f in (path / ORACLE_FILE, path / PAIRS_ORACLE_FILE) if f.is_file()), path / ORACLE_FILE)
+
+    paths = [eval_file(p) for p in args.evals]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"no oracle eval at {', '.join(missing)} (made by `editsynth eval --oracle --out DIR`)")
+    results = []
+    for path in paths:
+        try:
+            results.append(json.loads(path.read_text()))
+            compare_oracle(results[-1:])
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            print(f"editsynth eval-compare: {path} is not the JSON of an `editsynth eval --oracle` "
+                  f"({type(e).__name__}: {e})", file=sys.stderr)
+            return 2
+    table = compare_oracle(results)
+    if args.json:
+        print(json.dumps(table))
+        return 0
+    cell = lambda t: "-" if t is None else " / ".join(f"{x:.3f}" for x in t)  # noqa: E731
+    print("| edit / kept / both | " + " | ".join(args.evals) + " |")
+    print("|---" * (len(args.evals) + 1) + "|")
+    for label, triples in table["rows"]:
+        print(f"| {label} | " + " | ".join(cell(t) for t in triples) + " |")
+    if any(m is not None for m in table["mean_both"]):
+        print("| mean of 'both' over the sweep | "
+              + " | ".join("-" if m is None else f"{m:.3f}" for m in table["mean_both"]) + " |")
+    print(f"\nOne standard error of a rate: up to {table['standard_error']:.3f}.")
+    return 0
+
+
 def register(sub) -> None:
     p = sub.add_parser("train", help="train an InstructPix2Pix editor on exported pairs",
                        description="Train an InstructPix2Pix editor from a Stable Diffusion checkpoint "
@@ -119,3 +159,10 @@ def register(sub) -> None:
                         "judge edits of that shapes dataset's own pairs of --split instead (oracle_pairs.json)")
     e.add_argument("--device", default="auto")
     e.set_defaults(func=reported("eval", run_eval))
+
+    c = sub.add_parser("eval-compare", help="oracle evals of several editors side by side (edit / kept / both)",
+                       description="Print the oracle figures of several `editsynth eval --oracle` runs as one "
+                                   "Markdown table: every guidance setting, worded as in training, SDEdit.")
+    c.add_argument("evals", nargs="+", help="eval folders (or their oracle_edit.json / oracle_pairs.json)")
+    c.add_argument("--json", action="store_true", help="print the table as JSON")
+    c.set_defaults(func=reported("eval-compare", run_eval_compare))

@@ -289,6 +289,38 @@ def oracle_sweep_points(cfg: EvalConfig) -> list[tuple[float, float]]:
     return [(s_text, s_img) for s_text in texts for s_img in cfg.oracle_image_guidance_sweep]
 
 
+def compare_oracle(results: Sequence[dict]) -> dict:
+    """Several oracle_edit.json (or oracle_pairs.json) side by side: ``rows`` of (setting, [(edit,
+    kept, both) or None per result]) for every guidance setting any of them judged, then the same
+    edits worded as in training, SDEdit, the pairs' own images; ``mean_both`` over each one's sweep; ``standard_error``, the largest of a
+    rate judged on that many scenes (at 0.5), to read the differences against."""
+    def triple(d: dict, prefix: str = ""):
+        keys = [f"{prefix}{k}" for k in ("edit_accuracy", "preservation", "edit_correct")]
+        return tuple(d[k] for k in keys) if all(k in d for k in keys) else None
+
+    def setting(d: dict, r: dict) -> str:
+        return f"s_T {d.get('text_guidance_scale', r['text_guidance_scale']):g} / s_I {d['image_guidance_scale']:g}"
+
+    guidance = []
+    for r in results:
+        rows = {setting(r, r): triple(r)}                       # the headline first
+        for point in r.get("image_guidance_sweep", []):
+            rows.setdefault(setting(point, r), triple(point))
+        rows["worded as in training (headline setting)"] = triple(r, "seen_phrasing_")
+        rows[f"SDEdit (strength {r.get('sdedit_strength')})"] = triple(r, "sdedit_")
+        rows["the pairs' own edited images"] = triple(r, "dataset_")      # oracle_pairs.json
+        guidance.append(rows)
+    labels = list(dict.fromkeys(k for rows in guidance for k in rows if k.startswith("s_T")))
+    labels += dict.fromkeys(k for rows in guidance for k in rows if not k.startswith("s_T"))
+    sweeps = [[p["edit_correct"] for p in r.get("image_guidance_sweep", [])] for r in results]
+    table = [(label, [rows.get(label) for rows in guidance]) for label in labels]
+    return {
+        "rows": [(label, cells) for label, cells in table if any(cells)],
+        "mean_both": [sum(s) / len(s) if s else None for s in sweeps],
+        "standard_error": 0.5 / min(r["num_scenes"] for r in results) ** 0.5,
+    }
+
+
 def evaluate_oracle(editor_model: str, cfg: EvalConfig, out: str | Path, base_model: str | None,
                     device: str = "auto", image_size: int = 64) -> dict:
     """Edit held-out rendered scenes; the oracle judges editor, SDEdit and identity -> oracle_edit.json."""

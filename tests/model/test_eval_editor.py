@@ -136,6 +136,40 @@ def test_oracle_eval_samples_editor_and_sdedit_with_the_configured_scheduler(tmp
                           tmp_path / "bad", base_model=None)
 
 
+def test_eval_compare_puts_oracle_evals_side_by_side(tmp_path, tiny_editor_dir, tiny_sd_dir, capsys):
+    from datagen.config import load_config
+
+    common = ["train.eval.oracle_num_scenes=7", "train.eval.steps=2", "train.eval.oracle_text_guidance_sweep=[]"]
+    swept = load_config("shapes", common + ["train.eval.oracle_image_guidance_sweep=[1.5,3.0]"]).train.eval
+    a = E.evaluate_oracle(str(tiny_editor_dir), swept, tmp_path / "a", base_model=str(tiny_sd_dir))
+    plain = load_config("shapes", common + ["train.eval.oracle_image_guidance_sweep=[]",
+                                            "train.eval.oracle_seen_phrasing=false"]).train.eval
+    b = E.evaluate_oracle(str(tiny_editor_dir), plain, tmp_path / "b", base_model=None)
+
+    table = E.compare_oracle([a, b])
+    rows = dict(table["rows"])
+    triple = lambda d, p="": tuple(d[p + k] for k in ("edit_accuracy", "preservation", "edit_correct"))  # noqa: E731
+    assert list(rows) == ["s_T 7.5 / s_I 1.5", "s_T 7.5 / s_I 3", "worded as in training (headline setting)",
+                          "SDEdit (strength 0.6)"]
+    assert rows["s_T 7.5 / s_I 1.5"] == [triple(a), triple(b)]
+    assert rows["s_T 7.5 / s_I 3"] == [triple(a["image_guidance_sweep"][1]), None]   # b did not judge it
+    assert rows["SDEdit (strength 0.6)"] == [triple(a, "sdedit_"), None]
+    assert table["mean_both"] == [pytest.approx((a["image_guidance_sweep"][0]["edit_correct"]
+                                                 + a["image_guidance_sweep"][1]["edit_correct"]) / 2), None]
+    assert table["standard_error"] == pytest.approx(0.5 / 7 ** 0.5)
+
+    # The command: folders in, one Markdown table out; a folder without an eval is a clear error.
+    assert editsynth_cli.main(["eval-compare", str(tmp_path / "a"), str(tmp_path / "b" / E.ORACLE_FILE)]) == 0
+    out = capsys.readouterr().out
+    cells = " / ".join(f"{x:.3f}" for x in triple(a["image_guidance_sweep"][1]))
+    assert f"| s_T 7.5 / s_I 3 | {cells} | - |" in out
+    assert editsynth_cli.main(["eval-compare", str(tmp_path / "a"), str(tmp_path)]) == 2
+    assert "no oracle eval at" in capsys.readouterr().err
+    (tmp_path / "other.json").write_text(json.dumps({"steps": 2}))
+    assert editsynth_cli.main(["eval-compare", str(tmp_path / "other.json")]) == 2
+    assert "is not the JSON of an `editsynth eval --oracle`" in capsys.readouterr().err
+
+
 def test_oracle_eval_judges_the_same_edits_worded_as_in_training(tmp_path, tiny_editor_dir, monkeypatch):
     import re
 
@@ -190,7 +224,7 @@ def test_oracle_eval_of_a_missing_shipped_editor_says_how_to_get_one(tmp_path, m
         E.evaluate_oracle("shapes", cfg, tmp_path / "out", base_model=None)
 
 
-def test_oracle_eval_on_a_datasets_own_pairs_judges_editor_and_data(tmp_path, tiny_editor_dir):
+def test_oracle_eval_on_a_datasets_own_pairs_judges_editor_and_data(tmp_path, tiny_editor_dir, capsys):
     # Exact renders as the "dataset": the oracle must find every one of its pairs right, and the
     # editor's edits of the same inputs are judged beside them, per edit kind, for the split asked.
     pairs = shapes_pairs(6, seed=3, size=64)
@@ -208,6 +242,9 @@ def test_oracle_eval_on_a_datasets_own_pairs_judges_editor_and_data(tmp_path, ti
     assert sorted(saved["by_edit_kind"]) == sorted({meta["edit_kind"] for *_, meta in pairs})
     assert [p["image_guidance_scale"] for p in saved["image_guidance_sweep"]] == [1.5, 4.0]
     assert not (out / E.ORACLE_FILE).exists()
+    # eval-compare reads such a folder too, with the pairs' own images as one more row.
+    assert editsynth_cli.main(["eval-compare", str(out)]) == 0
+    assert "| the pairs' own edited images | 1.000 / 1.000 / 1.000 |" in capsys.readouterr().out
 
 
 def test_oracle_eval_on_pairs_without_captions_names_the_problem(tmp_path, tiny_editor_dir):
