@@ -96,7 +96,7 @@ def run_eval(args) -> int:
 def run_eval_compare(args) -> int:
     from pathlib import Path
 
-    from model.evaluate import ORACLE_FILE, PAIRS_ORACLE_FILE, compare_oracle
+    from model.evaluate import ORACLE_FILE, PAIRS_ORACLE_FILE, NotAnOracleEval, compare_oracle
 
     def eval_file(given: str) -> Path:
         path = Path(given)
@@ -108,16 +108,21 @@ def run_eval_compare(args) -> int:
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"no oracle eval at {', '.join(missing)} (made by `editsynth eval --oracle --out DIR`)")
+    def not_an_eval(path: Path, why: Exception) -> int:
+        print(f"editsynth eval-compare: {path} is not the JSON of an `editsynth eval --oracle` "
+              f"({type(why).__name__}: {why})", file=sys.stderr)
+        return 2
+
     results = []
     for path in paths:
         try:
             results.append(json.loads(path.read_text()))
-            compare_oracle(results[-1:])
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            print(f"editsynth eval-compare: {path} is not the JSON of an `editsynth eval --oracle` "
-                  f"({type(e).__name__}: {e})", file=sys.stderr)
-            return 2
-    table = compare_oracle(results)
+        except ValueError as e:
+            return not_an_eval(path, e)
+    try:
+        table = compare_oracle(results)
+    except NotAnOracleEval as e:
+        return not_an_eval(paths[e.index], e.why)
     if args.json:
         print(json.dumps(table))
         return 0

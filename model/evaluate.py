@@ -39,6 +39,7 @@ SWEEP_FILE = "eval.json"
 PLOT_FILE = "eval_plot.png"
 ORACLE_FILE = "oracle_edit.json"
 PAIRS_ORACLE_FILE = "oracle_pairs.json"
+ORACLE_RATES = ("edit_accuracy", "preservation", "edit_correct")   # edit made, rest kept, both
 
 
 # ---------------------------------------------------------------------------------------
@@ -289,35 +290,54 @@ def oracle_sweep_points(cfg: EvalConfig) -> list[tuple[float, float]]:
     return [(s_text, s_img) for s_text in texts for s_img in cfg.oracle_image_guidance_sweep]
 
 
+class NotAnOracleEval(ValueError):
+    """Result ``index`` of a comparison is not the JSON of an oracle eval."""
+
+    def __init__(self, index: int, why: Exception):
+        super().__init__(f"result {index + 1} is not an oracle eval ({type(why).__name__}: {why})")
+        self.index, self.why = index, why
+
+
+def _oracle_rows(r: dict) -> tuple[dict, dict, list[float], int]:
+    """One oracle eval as (guidance settings, other rows) of (edit, kept, both) or None, its
+    sweep's "both" and its number of scenes."""
+    def triple(d: dict, prefix: str = ""):
+        keys = [prefix + k for k in ORACLE_RATES]
+        return tuple(d[k] for k in keys) if all(k in d for k in keys) else None
+
+    def setting(d: dict) -> str:
+        return f"s_T {d.get('text_guidance_scale', r['text_guidance_scale']):g} / s_I {d['image_guidance_scale']:g}"
+
+    sweep = r.get("image_guidance_sweep", [])
+    settings = {setting(r): triple(r)}                               # the headline first
+    for point in sweep:
+        settings.setdefault(setting(point), triple(point))
+    others = {"worded as in training (headline setting)": triple(r, "seen_phrasing_"),
+              f"SDEdit (strength {r.get('sdedit_strength')})": triple(r, "sdedit_"),
+              "the pairs' own edited images": triple(r, "dataset_")}   # oracle_pairs.json
+    return settings, others, [p["edit_correct"] for p in sweep], r["num_scenes"]
+
+
 def compare_oracle(results: Sequence[dict]) -> dict:
     """Several oracle_edit.json (or oracle_pairs.json) side by side: ``rows`` of (setting, [(edit,
     kept, both) or None per result]) for every guidance setting any of them judged, then the same
-    edits worded as in training, SDEdit, the pairs' own images; ``mean_both`` over each one's sweep; ``standard_error``, the largest of a
-    rate judged on that many scenes (at 0.5), to read the differences against."""
-    def triple(d: dict, prefix: str = ""):
-        keys = [f"{prefix}{k}" for k in ("edit_accuracy", "preservation", "edit_correct")]
-        return tuple(d[k] for k in keys) if all(k in d for k in keys) else None
-
-    def setting(d: dict, r: dict) -> str:
-        return f"s_T {d.get('text_guidance_scale', r['text_guidance_scale']):g} / s_I {d['image_guidance_scale']:g}"
-
-    guidance = []
-    for r in results:
-        rows = {setting(r, r): triple(r)}                       # the headline first
-        for point in r.get("image_guidance_sweep", []):
-            rows.setdefault(setting(point, r), triple(point))
-        rows["worded as in training (headline setting)"] = triple(r, "seen_phrasing_")
-        rows[f"SDEdit (strength {r.get('sdedit_strength')})"] = triple(r, "sdedit_")
-        rows["the pairs' own edited images"] = triple(r, "dataset_")      # oracle_pairs.json
-        guidance.append(rows)
-    labels = list(dict.fromkeys(k for rows in guidance for k in rows if k.startswith("s_T")))
-    labels += dict.fromkeys(k for rows in guidance for k in rows if not k.startswith("s_T"))
-    sweeps = [[p["edit_correct"] for p in r.get("image_guidance_sweep", [])] for r in results]
-    table = [(label, [rows.get(label) for rows in guidance]) for label in labels]
+    edits worded as in training, SDEdit, the pairs' own images; ``mean_both`` over each one's
+    sweep; ``standard_error``, the largest of a rate judged on that many scenes (at 0.5), to read
+    the differences against. A result that is no oracle eval raises NotAnOracleEval."""
+    parsed = []
+    for i, r in enumerate(results):
+        try:
+            parsed.append(_oracle_rows(r))
+        except (KeyError, TypeError, AttributeError) as e:
+            raise NotAnOracleEval(i, e) from e
+    labels = list(dict.fromkeys(k for settings, *_ in parsed for k in settings))
+    labels += dict.fromkeys(k for _, others, *_ in parsed for k in others)
+    cells = [{**settings, **others} for settings, others, *_ in parsed]
+    table = [(label, [c.get(label) for c in cells]) for label in labels]
     return {
-        "rows": [(label, cells) for label, cells in table if any(cells)],
-        "mean_both": [sum(s) / len(s) if s else None for s in sweeps],
-        "standard_error": 0.5 / min(r["num_scenes"] for r in results) ** 0.5,
+        "rows": [(label, row) for label, row in table if any(row)],
+        "mean_both": [sum(sweep) / len(sweep) if sweep else None for *_, sweep, _ in parsed],
+        "standard_error": 0.5 / min(n for *_, n in parsed) ** 0.5,
     }
 
 
@@ -383,7 +403,7 @@ def _edit_and_judge(editor, inputs, instructions, seeds, kinds, judge, cfg: Eval
             editor, inputs, instructions, cfg.steps, s_text, s_img, cfg.seed, cfg.batch_size, seeds, cfg.scheduler))
         point = oracle_summary(kinds, {"editor": judged_at})
         sweep.append({"text_guidance_scale": s_text, "image_guidance_scale": s_img,
-                      **{k: point[k] for k in ("edit_accuracy", "preservation", "edit_correct")}})
+                      **{k: point[k] for k in ORACLE_RATES}})
         log.info("oracle s_T=%.2f s_I=%.2f: %s", s_text, s_img, sweep[-1])
     return edited, edited_judged, sweep
 
