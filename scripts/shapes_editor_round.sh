@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# One round of growing the shipped shapes editor, the way each shipped one was made (model card):
+# render more shapes-world datasets, retrain the shipped editor on every dataset under runs/,
+# judge it and the shipped one with the oracle, and print them side by side. Shipping stays a
+# decision: the publish command is printed, not run.
+#
+#   SEEDS="80 81 82 83" bash scripts/shapes_editor_round.sh [OUT]     # OUT: runs/editor-shapes-next
+#
+# Every step resumes when run again (datasets by shard, training from its last checkpoint); the
+# generate logs (runs/logs/genSEED.log) are appended to.
+# On 2 cores: a dataset takes about 20 min on one core (LANES at a time, default one per core);
+# 5,000 steps about 45 min; each oracle eval about 7 min. What has helped: more distinct pairs
+# than the shipped editor's own run saw (its editsynth_train.json lists them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=$(bash scripts/setup.sh)
+OUT=${1:-runs/editor-shapes-next}
+read -ra seeds <<< "${SEEDS:-}"
+LANES=${LANES:-$(nproc)}
+STEPS=${STEPS:-5000}
+mkdir -p runs/logs
+
+generate() {  # one thread per dataset run: lanes share the cores instead of fighting over them
+  for seed in "$@"; do
+    echo "dataset seed $seed: runs/shapes-editor-data$seed (log runs/logs/gen$seed.log)"
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$VENV/bin/editsynth" generate --pipeline shapes \
+      --out "runs/shapes-editor-data$seed" --set seed="$seed" --set captions.num_triples=2000 \
+      --set captions.shard_size=100 --set render.num_candidates=2 --set render.resources.actors=1 \
+      >> "runs/logs/gen$seed.log" 2>&1   # appended: a resumed round keeps the first log
+  done
+}
+lanes=()
+for ((lane = 0; lane < LANES && lane < ${#seeds[@]}; lane++)); do
+  mine=(); for ((i = lane; i < ${#seeds[@]}; i += LANES)); do mine+=("${seeds[i]}"); done
+  generate "${mine[@]}" & lanes+=($!)
+done
+for pid in "${lanes[@]}"; do wait "$pid"; done   # a failed lane fails the round (set -e)
+
+# The shipped editor's recipe (its editsynth_train.json): batch 32, Min-SNR 5, cosine to zero.
+"$VENV/bin/python" train_editor.py --pipeline shapes \
+  --data 'runs/shapes-editor-data*/export/webdataset/train/*.tar' --out "$OUT" \
+  --set train.base_model=datagen/shapes/weights/editor --set train.batch_size=32 \
+  --set train.snr_gamma=5 --set train.lr_warmup_steps=100 --set train.lr_scheduler=cosine \
+  --set train.max_steps="$STEPS"
+"$VENV/bin/editsynth" eval --oracle --pipeline shapes --editor "$OUT" --out "$OUT-eval"
+# Judged again each round, not cached: the shipped editor may have changed since.
+"$VENV/bin/editsynth" eval --oracle --pipeline shapes --editor shapes --out runs/eval-editor-shipped
+"$VENV/bin/editsynth" eval-compare runs/eval-editor-shipped "$OUT-eval" | tee "$OUT-eval/compare.md"
+echo "if it is better: editsynth shapes publish-editor $OUT --eval $OUT-eval"
