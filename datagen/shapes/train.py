@@ -495,7 +495,9 @@ def publish_editor(trained: str | Path, evaluation: str | Path | None = None) ->
         row.update({"retrained_from_steps": total_steps - info["steps"], "total_steps": total_steps,
                     "total_minutes": round(total_seconds / 60, 1)})
     if evaluation is not None:
-        figures = json.loads((Path(evaluation) / "oracle_edit.json").read_text())
+        from model.evaluate import ORACLE_FILE
+
+        figures = json.loads((Path(evaluation) / ORACLE_FILE).read_text())
         row.update({k: round(v, 4) for k, v in figures.items() if isinstance(v, float) and not k.endswith("scale")
                     and k != "seconds"})
         row["settings"] = (f"{figures['num_scenes']} held-out rendered scenes, {figures['steps']} steps, "
