@@ -137,6 +137,8 @@ Logs: `weights/<model>.log.jsonl` (one JSON row per evaluation). Training resume
   edit/keep trade-off lies on or beyond the old one's everywhere (s_T 7.5 / s_I 2.5 makes 0.63
   and keeps 0.83, as the old one did at s_T 4 / s_I 2.5; s_T 7.5 / s_I 4: 0.62 and 0.87, where
   the old one's 4 / 4 made 0.57 and kept 0.86), and it keeps 0.8 at five settings, not three.
+  On the seed-60 dataset's pairs (s_T 4 / s_I 4) "both" 0.85 on its training pairs and 0.77 on
+  validation ones (the step-46,200 one, which saw neither: 0.80 and 0.77): a gap again, of 0.08.
   Why the shipped editor keeps so little: its forerunners overfit their pairs. On 168 of its own training pairs (s_T 4 / s_I 4)
   the step-18,200 editor kept the untouched facts in 0.89, as often as the data does; on 168
   validation pairs it never trained on, 0.67. The step-21,200 one: 0.85 and 0.71 (on the first
