@@ -18,6 +18,9 @@ OUT=${1:-runs/editor-shapes-next}
 read -ra seeds <<< "${SEEDS:-}"
 LANES=${LANES:-$(nproc)}
 STEPS=${STEPS:-5000}
+# The pairs the retrain reads: every dataset under runs/ unless DATA says otherwise. Quote it; the
+# trainer expands braces and globs itself: DATA='runs/shapes-editor-data{90..119}/export/webdataset/train/*.tar'
+DATA=${DATA:-'runs/shapes-editor-data*/export/webdataset/train/*.tar'}
 mkdir -p runs/logs
 
 generate() {  # one thread per dataset run: lanes share the cores instead of fighting over them
@@ -38,7 +41,7 @@ for pid in "${lanes[@]}"; do wait "$pid"; done   # a failed lane fails the round
 
 # The shipped editor's recipe (its editsynth_train.json): batch 32, Min-SNR 5, cosine to zero.
 "$VENV/bin/python" train_editor.py --pipeline shapes \
-  --data 'runs/shapes-editor-data*/export/webdataset/train/*.tar' --out "$OUT" \
+  --data "$DATA" --out "$OUT" \
   --set train.base_model=datagen/shapes/weights/editor --set train.batch_size=32 \
   --set train.snr_gamma=5 --set train.lr_warmup_steps=100 --set train.lr_scheduler=cosine \
   --set train.max_steps="$STEPS"
