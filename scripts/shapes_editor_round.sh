@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One round of growing the shipped shapes editor, the way each shipped one was made (model card):
-# render more shapes-world datasets, retrain the shipped editor on every dataset under runs/,
-# judge it and the shipped one with the oracle, and print them side by side. Shipping stays a
-# decision: the publish command is printed, not run.
+# render more shapes-world datasets, retrain the shipped editor on every dataset under runs/ (or the
+# ones DATA names), judge it and the shipped one with the oracle, and print them side by side.
+# Shipping stays a decision: the publish command is printed, not run.
 #
 #   SEEDS="80 81 82 83" bash scripts/shapes_editor_round.sh [OUT]     # OUT: runs/editor-shapes-next
 #
