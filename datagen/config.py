@@ -239,6 +239,9 @@ class TrainConfig(Section):
     base_model: str = "runwayml/stable-diffusion-v1-5"  # SD hub id / dir, an editor, or "shapes"
     data: str = ""                  # webdataset export dir / tar pattern, or a HF dataset name / dir
     split: str = "train"
+    # Refuse data with fewer pairs (counted from local shards' headers or the HF split): retraining
+    # an editor on fewer distinct pairs than its own run read has not helped (shapes model card).
+    min_pairs: int = Field(0, ge=0)
     resolution: int = Field(256, ge=8)
     random_flip: bool = True        # same flip for both images
     # Words that trade places in the instruction of a flipped pair, e.g. [[left, right]]; without

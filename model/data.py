@@ -208,6 +208,28 @@ def find_shards(path: str, split: str) -> list[str] | None:
     return None
 
 
+def count_pairs(source) -> int | None:
+    """How many pairs ``source`` holds: the rows of a Hugging Face split, or the sample keys of
+    local tar shards, read from the tar headers alone (no image decoded); None for remote shards."""
+    if isinstance(source, HFSource):
+        return len(source)
+    import tarfile
+
+    from webdataset.tariterators import base_plus_ext
+
+    total = 0
+    for shard in source.shards:
+        if not Path(shard).is_file():  # a URL: counting it would download it
+            return None
+        try:
+            with tarfile.open(shard) as tar:
+                keys = {base_plus_ext(member.name)[0] for member in tar if member.isfile()}
+        except (tarfile.TarError, OSError) as e:
+            raise DataError(f"cannot read webdataset shard {shard}: {e}") from e
+        total += len(keys - {None})
+    return total
+
+
 def open_source(path: str, split: str = "train"):
     """A WebdatasetSource or HFSource for ``path`` (directory, tar pattern, or HF dataset name)."""
     if not path:

@@ -194,6 +194,10 @@ def train_process(cfg: TrainConfig, out: str | Path, command: str | None = None)
     torch.manual_seed(cfg.seed)
 
     source = editdata.open_source(cfg.data, cfg.split)  # fail on bad data before loading models
+    num_pairs = editdata.count_pairs(source)
+    if num_pairs is not None and num_pairs < cfg.min_pairs:
+        raise editdata.DataError(f"{cfg.data} holds {num_pairs} {cfg.split} pairs, fewer than train.min_pairs="
+                                 f"{cfg.min_pairs}: nothing was trained")
     parts = editor.load_parts(cfg.base_model)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     vae = editor.freeze(parts.vae).to(device, weight_dtype)
@@ -257,9 +261,9 @@ def train_process(cfg: TrainConfig, out: str | Path, command: str | None = None)
     if accelerator.is_main_process and cfg.num_sample_images:
         sample_examples = editdata.load_examples(cfg.data, cfg.split, cfg.num_sample_images, cfg.seed)
 
-    log.info("training %s from %s: %d process(es) x batch %d x accumulation %d, steps %d -> %d, %s",
-             out, parts.source, accelerator.num_processes, cfg.batch_size, cfg.gradient_accumulation_steps,
-             step, cfg.max_steps, device)
+    log.info("training %s from %s on %s pairs: %d process(es) x batch %d x accumulation %d, steps %d -> %d, %s",
+             out, parts.source, "?" if num_pairs is None else num_pairs, accelerator.num_processes, cfg.batch_size,
+             cfg.gradient_accumulation_steps, step, cfg.max_steps, device)
     loss_sum = torch.zeros((), device=device)
     loss_count, window_start, window_samples = 0, time.time(), 0
     batches = iter(loader)
@@ -317,6 +321,7 @@ def train_process(cfg: TrainConfig, out: str | Path, command: str | None = None)
             "base_model": cfg.base_model, "base_source": parts.source, "data": cfg.data, "split": cfg.split,
             # what a pattern matched when it ran: the same pattern matches more once more runs exist
             "data_shards": source.shards if isinstance(source, editdata.WebdatasetSource) else None,
+            "data_pairs": num_pairs,   # None when the shards are remote
             "steps": step, "final_loss": last_loss, "resumed_from": resumed_from, "device": str(device),
             "world_size": accelerator.num_processes,
             "seconds_total": seconds_before + seconds,
@@ -327,7 +332,7 @@ def train_process(cfg: TrainConfig, out: str | Path, command: str | None = None)
         (out / TRAIN_INFO_FILE).write_text(json.dumps(info, indent=1))
         _write_model_card(out, cfg, command or _command_line(), step, last_loss, str(device),
                           accelerator.num_processes, seconds_before + seconds, info.get("retrained_from"),
-                          info["data_shards"])
+                          info["data_shards"], num_pairs)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(str(out), step, last_loss, seconds, resumed_from, accelerator.num_processes, str(device))
@@ -374,8 +379,8 @@ def shard_folders(shards: list[str]) -> list[str]:
 
 
 def _write_model_card(out: Path, cfg: TrainConfig, command: str, steps: int, loss, device: str, world: int,
-                      seconds: float, retrained_from: dict | None = None, data_shards: list[str] | None = None
-                      ) -> None:
+                      seconds: float, retrained_from: dict | None = None, data_shards: list[str] | None = None,
+                      data_pairs: int | None = None) -> None:
     """README.md of the editor directory: how it was made, so it can be made again."""
     eff = cfg.batch_size * cfg.gradient_accumulation_steps * world
     matched = ""
@@ -394,7 +399,8 @@ def _write_model_card(out: Path, cfg: TrainConfig, command: str, steps: int, los
         "---\nlibrary_name: diffusers\npipeline_tag: image-to-image\ntags: [instruct-pix2pix, editsynth]\n---\n"
         f"# InstructPix2Pix editor trained with editsynth\n\n"
         f"Load with `StableDiffusionInstructPix2PixPipeline.from_pretrained(<this folder>)`.\n\n"
-        f"| | |\n|---|---|\n| base model | `{cfg.base_model}` |\n| data | `{cfg.data}` (split `{cfg.split}`) |\n"
+        f"| | |\n|---|---|\n| base model | `{cfg.base_model}` |\n| data | `{cfg.data}` (split `{cfg.split}`"
+        f"{'' if data_pairs is None else f', {data_pairs} pairs'}) |\n"
         f"| steps | {steps} |\n| effective batch | {eff} ({world} process(es) x {cfg.batch_size} x "
         f"{cfg.gradient_accumulation_steps} accumulation) |\n| resolution | {cfg.resolution} |\n"
         f"| learning rate | {cfg.learning_rate} |\n| EMA | {cfg.ema_decay if cfg.use_ema else 'off'} |\n"

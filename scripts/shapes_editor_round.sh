@@ -10,7 +10,8 @@
 # generate logs (runs/logs/genSEED.log) are appended to.
 # On 2 cores: a dataset takes about 20 min on one core (LANES at a time, default one per core);
 # 5,000 steps about 45 min; each oracle eval about 7 min. What has helped: more distinct pairs
-# than the shipped editor's own run saw (its editsynth_train.json lists them).
+# than the shipped editor's own run saw (`data_pairs` in its editsynth_train.json), so the retrain
+# refuses fewer (train.min_pairs) unless MIN_PAIRS says otherwise (MIN_PAIRS=0: no floor).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=$(bash scripts/setup.sh)
@@ -21,6 +22,10 @@ STEPS=${STEPS:-5000}
 # The pairs the retrain reads: every dataset under runs/ unless DATA says otherwise. Quote it; the
 # trainer expands braces and globs itself: DATA='runs/shapes-editor-data{90..119}/export/webdataset/train/*.tar'
 DATA=${DATA:-'runs/shapes-editor-data*/export/webdataset/train/*.tar'}
+SHIPPED_PAIRS=$("$VENV/bin/python" -c 'import json, sys; print(json.load(open(sys.argv[1])).get("data_pairs") or 0)' \
+  datagen/shapes/weights/editor/editsynth_train.json)
+MIN_PAIRS=${MIN_PAIRS:-$((SHIPPED_PAIRS + 1))}
+echo "the retrain needs at least $MIN_PAIRS pairs (train.min_pairs; the shipped editor's run read $SHIPPED_PAIRS)"
 mkdir -p runs/logs
 
 generate() {  # one thread per dataset run: lanes share the cores instead of fighting over them
@@ -44,7 +49,7 @@ for pid in "${lanes[@]}"; do wait "$pid"; done   # a failed lane fails the round
   --data "$DATA" --out "$OUT" \
   --set train.base_model=datagen/shapes/weights/editor --set train.batch_size=32 \
   --set train.snr_gamma=5 --set train.lr_warmup_steps=100 --set train.lr_scheduler=cosine \
-  --set train.max_steps="$STEPS"
+  --set train.max_steps="$STEPS" --set train.min_pairs="$MIN_PAIRS"
 "$VENV/bin/editsynth" eval --oracle --pipeline shapes --editor "$OUT" --out "$OUT-eval"
 # Judged again each round, not cached: the shipped editor may have changed since.
 "$VENV/bin/editsynth" eval --oracle --pipeline shapes --editor shapes --out runs/eval-editor-shipped

@@ -485,6 +485,8 @@ def publish_editor(trained: str | Path, evaluation: str | Path | None = None) ->
     row = {"step": info["steps"], "minutes": round(info["seconds_total"] / 60, 1), "device": info["device"],
            "world_size": info["world_size"], "effective_batch": info["effective_batch"], "data": info["data"],
            "final_loss": info["final_loss"]}
+    if info.get("data_pairs") is not None:
+        row["data_pairs"] = info["data_pairs"]
     if info.get("data_shards") and is_shard_pattern(info["data"]):
         # the pattern as typed matches more once more runs exist; keep what it matched then
         row["data_matched"] = {"shards": len(info["data_shards"]), "folders": shard_folders(info["data_shards"])}

@@ -167,7 +167,7 @@ def test_hugging_face_dataset_with_the_public_columns(tmp_path, pairs):
     ds = datasets.Dataset.from_dict(rows, features=features)
     datasets.DatasetDict({"train": ds, "test": ds.select(range(4))}).save_to_disk(str(tmp_path / "hf"))
     source = D.open_source(str(tmp_path / "hf"), "train")
-    assert isinstance(source, D.HFSource)
+    assert isinstance(source, D.HFSource) and D.count_pairs(source) == 12
     stream = D.EditPairStream(source, 32, seed=0, random_flip=False, batch_size=4)
     first = next(iter(stream))
     assert first.original.shape == (3, 32, 32) and first.instruction in rows["edit_prompt"]
@@ -208,3 +208,19 @@ def test_the_export_folder_layout_is_read_by_split(tmp_path, pairs):
         assert {ex.key for ex in D.load_examples(str(root), "test", 10)} == {p[0] for p in pairs[8:]}
     with pytest.raises(D.DataError, match=r"splits \['test', 'train'\], not 'validation'"):
         D.open_source(str(tmp_path / "export"), "validation")
+
+
+def test_pairs_are_counted_from_the_tar_headers_and_a_broken_shard_is_named(tmp_path, pairs):
+    write_shards(tmp_path / "export" / "webdataset", pairs[:8], num_shards=3, split="train")
+    write_shards(tmp_path / "export" / "webdataset", pairs[8:], num_shards=1, split="test")
+    train = D.open_source(str(tmp_path / "export"), "train")
+    assert D.count_pairs(train) == 8 == len(D.load_examples(str(tmp_path / "export"), "train", limit=50))
+    assert D.count_pairs(D.open_source(str(tmp_path / "export"), "test")) == 4
+    pattern = str(tmp_path / "export" / "webdataset" / "{train,test}" / "*.tar")
+    assert D.count_pairs(D.open_source(pattern, "train")) == 12
+    assert D.count_pairs(D.WebdatasetSource(["https://example.org/pairs-00000.tar"])) is None  # not downloaded
+
+    broken = tmp_path / "broken.tar"
+    broken.write_bytes((tmp_path / "export" / "webdataset" / "train" / "train-00000.tar").read_bytes()[:700])
+    with pytest.raises(D.DataError, match="broken.tar"):
+        D.count_pairs(D.WebdatasetSource([str(broken)]))

@@ -91,16 +91,22 @@ def test_a_shard_pattern_is_recorded_with_the_shards_it_matched(tmp_path, tiny_s
     for run, seed in (("data1", 1), ("data2", 2), ("other", 3)):
         write_shards(tmp_path / run / "train", shapes_pairs(4, seed=seed), num_shards=2 if seed == 2 else 1)
     pattern = str(tmp_path / "data*" / "train" / "*.tar")
-    cfg = _cfg(tiny_sd_dir, pattern, **{"train.max_steps": 1, "train.batch_size": 2,
-                                        "train.num_sample_images": 0, "train.use_ema": False})
-    T.train(cfg, tmp_path / "run")
+    overrides = {"train.max_steps": 1, "train.batch_size": 2, "train.num_sample_images": 0, "train.use_ema": False}
+    # A floor on the pairs (a retrain that must read more than its base did) refuses before any work.
+    from model.data import DataError
+
+    with pytest.raises(DataError, match="holds 8 train pairs, fewer than train.min_pairs=9"):
+        T.train(_cfg(tiny_sd_dir, pattern, **overrides, **{"train.min_pairs": 9}), tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+
+    T.train(_cfg(tiny_sd_dir, pattern, **overrides, **{"train.min_pairs": 8}), tmp_path / "run")
     info = json.loads((tmp_path / "run" / T.TRAIN_INFO_FILE).read_text())
-    assert info["data"] == pattern
+    assert info["data"] == pattern and info["data_pairs"] == 8
     assert info["data_shards"] == [str(tmp_path / "data1" / "train" / "pairs-00000.tar"),
                                    str(tmp_path / "data2" / "train" / "pairs-00000.tar"),
                                    str(tmp_path / "data2" / "train" / "pairs-00001.tar")]
     card = (tmp_path / "run" / "README.md").read_text()
-    assert "matched 3 shard(s) in 2 folder(s)" in card
+    assert "matched 3 shard(s) in 2 folder(s)" in card and "(split `train`, 8 pairs)" in card
     assert f"- `{tmp_path / 'data2' / 'train'}`" in card and str(tmp_path / "other") not in card
 
     # Publishing it as `shapes` keeps the match in the weights' log row too.
@@ -108,7 +114,7 @@ def test_a_shard_pattern_is_recorded_with_the_shards_it_matched(tmp_path, tiny_s
     monkeypatch.setattr(shapes_train, "SHIPPED_EDITOR", tmp_path / "weights" / "editor")
     shapes_train.publish_editor(tmp_path / "run")
     row = json.loads((tmp_path / "weights" / "editor.log.jsonl").read_text().splitlines()[-1])
-    assert row["data"] == pattern
+    assert row["data"] == pattern and row["data_pairs"] == 8
     assert row["data_matched"] == {"shards": 3, "folders": [str(tmp_path / "data1" / "train"),
                                                             str(tmp_path / "data2" / "train")]}
 
