@@ -9,6 +9,7 @@ address is given (``--ray-address``), so the same code runs on a laptop or a clu
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -69,14 +70,16 @@ def run_shards(
     log.info("%s: %d shard(s) on %d actor(s) (cpus=%s gpus=%s each)", stage, len(shards), actors,
              resources.num_cpus, resources.num_gpus)
     ds = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=len(shards))
-    out = ds.map_batches(
-        _ShardActor,
-        fn_constructor_kwargs={"factory": factory},
-        batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=resources.num_cpus,
-        num_gpus=resources.num_gpus,
-        max_restarts=2,          # actors: restart a dead actor and retry its shard (was max_retries, a task-only option)
-        max_task_retries=2,
-    )
+    with warnings.catch_warnings():  # the two bounds below are **ray_remote_args: pyproject.toml pins Ray for them
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        out = ds.map_batches(
+            _ShardActor,
+            fn_constructor_kwargs={"factory": factory},
+            batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_cpus=resources.num_cpus,
+            num_gpus=resources.num_gpus,
+            max_restarts=2,      # actors: restart a dead actor and retry its shard (was max_retries, a task-only option)
+            max_task_retries=2,
+        )
     return [ShardStats.from_row(json.loads(r["stats"])) for r in out.take_all()]
