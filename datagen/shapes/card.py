@@ -139,6 +139,8 @@ Logs: `weights/<model>.log.jsonl` (one JSON row per evaluation). Training resume
   the old one's 4 / 4 made 0.57 and kept 0.86), and it keeps 0.8 at five settings, not three.
   On the seed-60 dataset's pairs (s_T 4 / s_I 4) "both" 0.85 on its training pairs and 0.77 on
   validation ones (the step-46,200 one, which saw neither: 0.80 and 0.77): a gap again, of 0.08.
+  Every run since records its pairs (`data_pairs`), and the round script refuses a retrain on no
+  more pairs than the shipped editor's run read (68,506; `train.min_pairs`).
   Why the shipped editor keeps so little: its forerunners overfit their pairs. On 168 of its own training pairs (s_T 4 / s_I 4)
   the step-18,200 editor kept the untouched facts in 0.89, as often as the data does; on 168
   validation pairs it never trained on, 0.67. The step-21,200 one: 0.85 and 0.71 (on the first
