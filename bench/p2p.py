@@ -9,6 +9,10 @@ uses fused attention. Rounds alternate reference/fast; the best round of each co
     python bench/p2p.py --device cpu --model test
     python bench/p2p.py --device cpu --model shapes --candidates-per-seed 4
     python bench/p2p.py --device cuda --model sd15          # SD-1.5-sized random UNet, 512x512
+    python bench/p2p.py --device cpu --model shapes --threads 1 --compare-dtype bfloat16
+
+``--compare-dtype`` also times the fast path of a second copy of the model in that dtype, in the
+same alternating rounds (``compare_speedup``: its pairs/s over the first dtype's fast path).
 
 Models: ``test``/``shapes`` (datagen.shapes.models presets, random weights), ``sd15`` (SD v1.5
 architecture, random weights: weights do not change the cost), or a hub id / diffusers dir.
@@ -68,19 +72,19 @@ def sd15_pipeline():
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
-def load_model(name: str, device: str) -> LoadedPipeline:
+def load_model(name: str, device: str, dtype: str = "auto") -> LoadedPipeline:
     if name == "sd15":
         dev = select_device(device)
-        return prepare_pipeline(sd15_pipeline(), "sd15-random", "built in memory", dev, select_dtype("auto", dev))
+        return prepare_pipeline(sd15_pipeline(), "sd15-random", "built in memory", dev, select_dtype(dtype, dev))
     if name in ("test", "shapes"):
         from datagen.shapes.models import build_t2i_pipeline
 
         with tempfile.TemporaryDirectory(prefix=f"bench-p2p-{name}-") as path:
             build_t2i_pipeline(name, seed=0).save_pretrained(path)   # loaded the real way, from a directory
-            loaded = load_pipeline(path, device=device)
+            loaded = load_pipeline(path, device=device, dtype=dtype)
         loaded.model_id = f"{name}-random"
         return loaded
-    return load_pipeline(name, device=device)
+    return load_pipeline(name, device=device, dtype=dtype)
 
 
 def run_fast(renderer: CandidateRenderer, specs, batch_size: int, counters: RenderCounters):
@@ -126,6 +130,9 @@ def gpu_peak() -> float | None:
     return None
 
 
+DTYPES = ["auto", "float32", "float16", "bfloat16"]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -135,6 +142,9 @@ def main(argv=None) -> int:
     ap.add_argument("--candidates-per-seed", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=8, help="candidates per sampling loop")
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--dtype", choices=DTYPES, default="auto", help="render.dtype of both paths")
+    ap.add_argument("--compare-dtype", choices=DTYPES, default=None,
+                    help="also time the fast path with the model in this dtype, side by side")
     ap.add_argument("--rounds", type=int, default=2, help="alternating timed rounds; the best of each counts")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--clock", choices=["wall", "process"], default="wall",
@@ -146,11 +156,14 @@ def main(argv=None) -> int:
         ap.error("--clock process measures CPU work; use wall on cuda")
     clock = time.process_time if args.clock == "process" else time.perf_counter
 
-    loaded = load_model(args.model, args.device)
+    loaded = load_model(args.model, args.device, args.dtype)
     cfg = RenderConfig(model=loaded.model_id, mode=args.mode, num_candidates=args.candidates, steps=args.steps,
                        candidates_per_seed=args.candidates_per_seed, cfg_min=3.0, cfg_max=6.0,
                        resources=Resources(batch_size=args.batch_size))
     renderer = CandidateRenderer(loaded, cfg)
+    other = None
+    if args.compare_dtype:
+        other = CandidateRenderer(load_model(args.model, args.device, args.compare_dtype), cfg)
     specs = shard_specs(0, TRIPLES, cfg)
     n = len(specs)
     dev = loaded.device
@@ -161,8 +174,10 @@ def main(argv=None) -> int:
     # Warm-up (kernels, allocator), not timed.
     run_fast(renderer, specs[:2], 2, RenderCounters())
     run_reference(loaded, cfg, specs[:1], renderer.latent_shape)
+    if other:
+        run_fast(other, specs[:2], 2, RenderCounters())
 
-    best_ref = best_fast = float("inf")
+    best_ref = best_fast = best_other = float("inf")
     for r in range(args.rounds):
         sync(dev)
         t0 = clock()
@@ -177,7 +192,16 @@ def main(argv=None) -> int:
         fast_s = clock() - t0
         if fast_s < best_fast:
             best_fast, best_counters = fast_s, counters
-        print(f"round {r}: reference {n / ref_s:.3f} pairs/s, fast {n / fast_s:.3f} pairs/s")
+        line = f"round {r}: reference {n / ref_s:.3f} pairs/s, fast {n / fast_s:.3f} pairs/s"
+        if other:
+            sync(dev)
+            t0 = clock()
+            run_fast(other, specs, args.batch_size, RenderCounters())
+            sync(dev)
+            other_s = clock() - t0
+            best_other = min(best_other, other_s)
+            line += f", fast in {args.compare_dtype} {n / other_s:.3f} pairs/s"
+        print(line)
 
     # Equal output: the fast path's final latents against the reference's, first chunk.
     first = chunk(specs, args.batch_size)[0]
@@ -187,7 +211,8 @@ def main(argv=None) -> int:
 
     fast, ref = n / best_fast, n / best_ref
     out = {"pairs_per_s_fast": round(fast, 4), "pairs_per_s_reference": round(ref, 4), "speedup": round(fast / ref, 3),
-           "device": dev.type, "model": loaded.model_id, "mode": cfg.mode, "steps": cfg.steps, "candidates": n,
+           "device": dev.type, "dtype": str(loaded.dtype).removeprefix("torch."), "model": loaded.model_id,
+           "mode": cfg.mode, "steps": cfg.steps, "candidates": n,
            "batch_size": args.batch_size, "candidates_per_seed": args.candidates_per_seed,
            "unet_rows_fast": best_counters.unet_rows, "unet_rows_reference": 4 * cfg.steps * n,
            "max_abs_diff_latents": diff, "threads": torch.get_num_threads(), "clock": args.clock}
@@ -195,6 +220,15 @@ def main(argv=None) -> int:
           f"({1 - best_counters.unet_rows / (4 * cfg.steps * n):.1%} fewer; the fast path's UNet calls took "
           f"{best_counters.seconds_unet:.2f}s wall)")
     print(f"max |latents fast - reference| = {diff:.2e}")
+    if other:
+        # The same random weights, rounded to the other dtype: how far its final latents land.
+        res_other = other.sample_chunk({t.triple_id: t for t in TRIPLES}, first)
+        d_other = max((res.source_latents - res_other.source_latents).abs().max().item(),
+                      (res.edited_latents - res_other.edited_latents).abs().max().item())
+        out.update({"compare_dtype": args.compare_dtype, "pairs_per_s_fast_compare": round(n / best_other, 4),
+                    "compare_speedup": round(best_fast / best_other, 3), "compare_max_abs_diff_latents": d_other})
+        print(f"fast path in {args.compare_dtype}: {n / best_other:.3f} pairs/s = {best_fast / best_other:.2f}x "
+              f"the {out['dtype']} fast path; max |latents difference| = {d_other:.2e}")
     if dev.type == "cuda":
         flops = unet_flops_per_row(loaded, renderer) * best_counters.unet_rows
         peak = gpu_peak()

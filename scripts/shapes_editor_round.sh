@@ -8,7 +8,7 @@
 #
 # Every step resumes when run again (datasets by shard, training from its last checkpoint); the
 # generate logs (runs/logs/genSEED.log) are appended to.
-# On 2 cores: a dataset takes 20-40 min on one core (LANES at a time, default one per core);
+# On 2 cores: a dataset takes 20-40 min on one core in float32 (LANES at a time, default one per core);
 # 5,000 steps about 45 min; each oracle eval about 7 min. What has helped: more distinct pairs
 # than the shipped editor's own run saw (`data_pairs` in its editsynth_train.json), so the retrain
 # refuses fewer (train.min_pairs) unless MIN_PAIRS says otherwise (MIN_PAIRS=0: no floor).
@@ -26,6 +26,13 @@ SHIPPED_PAIRS=$("$VENV/bin/python" -c 'import json, sys; print(json.load(open(sy
   datagen/shapes/weights/editor/editsynth_train.json)
 MIN_PAIRS=${MIN_PAIRS:-$((SHIPPED_PAIRS + 1))}
 echo "the retrain needs at least $MIN_PAIRS pairs (train.min_pairs; the shipped editor's run read $SHIPPED_PAIRS)"
+# Render in bfloat16 where the CPU computes it natively (AVX512-BF16 or AMX): 1.85x the pairs/s of
+# float32, pairs exactly correct 0.855 vs 0.863 (docs/benchmarks.md). float32 elsewhere (bf16 without
+# hardware support was not measured). RENDER_DTYPE=float32 keeps float32.
+RENDER_DTYPE=${RENDER_DTYPE:-$("$VENV/bin/python" -c 'import torch.cpu as c
+native = any(getattr(c, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+print("bfloat16" if native else "float32")')}
+echo "datasets render in $RENDER_DTYPE (RENDER_DTYPE)"
 mkdir -p runs/logs
 
 generate() {  # one thread per dataset run: lanes share the cores instead of fighting over them
@@ -34,6 +41,7 @@ generate() {  # one thread per dataset run: lanes share the cores instead of fig
     OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$VENV/bin/editsynth" generate --pipeline shapes \
       --out "runs/shapes-editor-data$seed" --set seed="$seed" --set captions.num_triples=2000 \
       --set captions.shard_size=100 --set render.num_candidates=2 --set render.resources.actors=1 \
+      --set render.dtype="$RENDER_DTYPE" \
       >> "runs/logs/gen$seed.log" 2>&1   # appended: a resumed round keeps the first log
   done
 }

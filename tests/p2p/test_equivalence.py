@@ -96,3 +96,25 @@ def test_candidates_sharing_a_seed_fork_at_their_smallest_p(loaded, tiny_sd_dir)
     assert not torch.allclose(result.edited_latents[0], result.edited_latents[2])
     # step 0: 1 source + 1 edited lane; steps 1..: 1 source + 2 edited lanes; x2 for CFG
     assert result.unet_rows == 2 * (2 + 3 * 5)
+
+
+def test_bfloat16_on_cpu_renders_what_float32_renders(loaded, tiny_sd_dir):
+    # The shapes rounds render in bf16 where the CPU has it natively (docs/benchmarks.md): the same
+    # rows, groups and float32 scheduler, landing near the float32 latents. (The tiny random model's
+    # attention sharing moves its latents less than bf16 rounding does, so the oracle run in
+    # docs/benchmarks.md, not this test, is what shows the sharing survives bf16.)
+    from datagen.p2p.loading import load_pipeline
+
+    loaded16 = load_pipeline(str(tiny_sd_dir), dtype="bfloat16")
+    assert loaded16.pipe.unet.dtype == torch.bfloat16
+    cfg = render_config(tiny_sd_dir, mode="cross")
+    specs = shard_specs(3, [SWAP, REFINE], cfg)
+    by_id = {t.triple_id: t for t in (SWAP, REFINE)}
+    r32 = CandidateRenderer(loaded, cfg).sample_chunk(by_id, specs)
+    r16 = CandidateRenderer(loaded16, cfg).sample_chunk(by_id, specs)
+    assert not r16.failures and r16.edited_latents.dtype == torch.float32   # the scheduler keeps float32
+    assert r16.unet_rows == r32.unet_rows and r16.edited_twin == r32.edited_twin
+    scale = r32.edited_latents.abs().amax()
+    rel = ((r16.edited_latents - r32.edited_latents).abs().amax() / scale).item()
+    print(f"bf16 vs fp32: max |d latents| / max |latents| = {rel:.3g}")
+    assert 0 < rel < 0.05
