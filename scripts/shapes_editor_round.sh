@@ -25,7 +25,14 @@ DATA=${DATA:-'runs/shapes-editor-data*/export/webdataset/train/*.tar'}
 SHIPPED_PAIRS=$("$VENV/bin/python" -c 'import json, sys; print(json.load(open(sys.argv[1])).get("data_pairs") or 0)' \
   datagen/shapes/weights/editor/editsynth_train.json)
 MIN_PAIRS=${MIN_PAIRS:-$((SHIPPED_PAIRS + 1))}
-echo "the retrain needs at least $MIN_PAIRS pairs (train.min_pairs; the shipped editor's run read $SHIPPED_PAIRS)"
+HAVE=$("$VENV/bin/python" -c 'import sys
+from model.data import DataError, count_pairs, open_source
+try:
+    print(count_pairs(open_source(sys.argv[1])) or 0)
+except DataError as e:
+    print(f"0 ({e})")' "$DATA")
+echo "the retrain needs at least $MIN_PAIRS pairs (train.min_pairs; the shipped editor's run read $SHIPPED_PAIRS);" \
+  "finished datasets hold $HAVE now"
 # Render in bfloat16 where the CPU computes it natively (AVX512-BF16 or AMX): 1.85x the pairs/s of
 # float32, pairs exactly correct 0.855 vs 0.863 (docs/benchmarks.md). float32 elsewhere (bf16 without
 # hardware support was not measured). RENDER_DTYPE=float32 keeps float32.
