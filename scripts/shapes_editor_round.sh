@@ -34,7 +34,7 @@ except DataError as e:
     print(f"0 ({e})")' "$DATA")
 echo "the retrain needs at least $MIN_PAIRS pairs (train.min_pairs; the shipped editor's run read $SHIPPED_PAIRS);" \
   "finished datasets hold $HAVE now"
-# Render in bfloat16 where the CPU computes it natively (AVX512-BF16 or AMX): 1.85x the pairs/s of
+# Render in bfloat16 where the CPU computes it natively (AVX512-BF16 or AMX): 1.5x the pairs/s of
 # float32, pairs exactly correct 0.855 vs 0.863 (docs/benchmarks.md). float32 elsewhere (bf16 without
 # hardware support was not measured). RENDER_DTYPE=float32 keeps float32.
 RENDER_DTYPE=${RENDER_DTYPE:-$("$VENV/bin/python" -c 'import torch.cpu as c
