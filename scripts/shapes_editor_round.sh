@@ -35,8 +35,9 @@ except DataError as e:
 echo "the retrain needs at least $MIN_PAIRS pairs (train.min_pairs; the shipped editor's run read $SHIPPED_PAIRS);" \
   "finished datasets hold $HAVE now"
 # Render in bfloat16 where the CPU computes it natively (AVX512-BF16 or AMX): 1.5x the pairs/s of
-# float32, pairs exactly correct 0.855 vs 0.863 (docs/benchmarks.md). float32 elsewhere (bf16 without
-# hardware support was not measured). RENDER_DTYPE=float32 keeps float32.
+# float32, and the oracle finds as many pairs exactly correct (0.832 over ten bf16 datasets, 0.826 over
+# six float32 ones: docs/benchmarks.md). float32 elsewhere (bf16 without hardware support was not
+# measured). RENDER_DTYPE=float32 keeps float32.
 RENDER_DTYPE=${RENDER_DTYPE:-$("$VENV/bin/python" -c 'import torch.cpu as c
 native = any(getattr(c, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 print("bfloat16" if native else "float32")')}
