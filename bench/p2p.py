@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import get_args
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -44,6 +45,7 @@ TRIPLES = [
     Triple("bench1", "a small blue square on the right", "add a green triangle",
            "a small blue square on the right and a green triangle on the left"),
 ]
+BY_ID = {t.triple_id: t for t in TRIPLES}
 
 # Dense fp16/bf16 tensor-core peaks (FLOP/s) by device name, from the vendors' datasheets.
 GPU_PEAK_FLOPS = {"H100 SXM": 989.4e12, "H100 PCIe": 756.0e12, "H100 NVL": 835.0e12, "H100": 989.4e12,
@@ -88,16 +90,14 @@ def load_model(name: str, device: str, dtype: str = "auto") -> LoadedPipeline:
 
 
 def run_fast(renderer: CandidateRenderer, specs, batch_size: int, counters: RenderCounters):
-    by_id = {t.triple_id: t for t in TRIPLES}
     for part in chunk(specs, batch_size):
-        renderer.render_chunk(by_id, part, counters)
+        renderer.render_chunk(BY_ID, part, counters)
 
 
 def run_reference(loaded: LoadedPipeline, cfg: RenderConfig, specs, latent_shape):
-    by_id = {t.triple_id: t for t in TRIPLES}
     latents = []
     for spec in specs:
-        lat = reference_candidate(loaded.pipe, cfg, by_id[spec.triple_id], spec, latent_shape)
+        lat = reference_candidate(loaded.pipe, cfg, BY_ID[spec.triple_id], spec, latent_shape)
         images = decode_reference(loaded.pipe, lat)
         pixels = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype("uint8")
         [encode_image(p, cfg.image_format) for p in pixels]
@@ -130,7 +130,7 @@ def gpu_peak() -> float | None:
     return None
 
 
-DTYPES = ["auto", "float32", "float16", "bfloat16"]
+DTYPES = get_args(RenderConfig.model_fields["dtype"].annotation)   # render.dtype's values
 
 
 def main(argv=None) -> int:
@@ -177,35 +177,32 @@ def main(argv=None) -> int:
     if other:
         run_fast(other, specs[:2], 2, RenderCounters())
 
+    def timed(fn, *fn_args):
+        """(fn's result, seconds on the clock), the device's queue drained at both ends."""
+        sync(dev)
+        t0 = clock()
+        out = fn(*fn_args)
+        sync(dev)
+        return out, clock() - t0
+
     best_ref = best_fast = best_other = float("inf")
     for r in range(args.rounds):
-        sync(dev)
-        t0 = clock()
-        ref_latents = run_reference(loaded, cfg, specs, renderer.latent_shape)
-        sync(dev)
-        ref_s = clock() - t0
+        ref_latents, ref_s = timed(run_reference, loaded, cfg, specs, renderer.latent_shape)
         best_ref = min(best_ref, ref_s)
         counters = RenderCounters()
-        t0 = clock()
-        run_fast(renderer, specs, args.batch_size, counters)
-        sync(dev)
-        fast_s = clock() - t0
+        _, fast_s = timed(run_fast, renderer, specs, args.batch_size, counters)
         if fast_s < best_fast:
             best_fast, best_counters = fast_s, counters
         line = f"round {r}: reference {n / ref_s:.3f} pairs/s, fast {n / fast_s:.3f} pairs/s"
         if other:
-            sync(dev)
-            t0 = clock()
-            run_fast(other, specs, args.batch_size, RenderCounters())
-            sync(dev)
-            other_s = clock() - t0
+            _, other_s = timed(run_fast, other, specs, args.batch_size, RenderCounters())
             best_other = min(best_other, other_s)
             line += f", fast in {args.compare_dtype} {n / other_s:.3f} pairs/s"
         print(line)
 
     # Equal output: the fast path's final latents against the reference's, first chunk.
     first = chunk(specs, args.batch_size)[0]
-    res = renderer.sample_chunk({t.triple_id: t for t in TRIPLES}, first)
+    res = renderer.sample_chunk(BY_ID, first)
     diff = max(max((ref_latents[c][0] - res.source_latents[res.source_of[c]]).abs().max().item(),
                    (ref_latents[c][1] - res.edited_latents[c]).abs().max().item()) for c in range(len(first)))
 
@@ -222,7 +219,7 @@ def main(argv=None) -> int:
     print(f"max |latents fast - reference| = {diff:.2e}")
     if other:
         # The same random weights, rounded to the other dtype: how far its final latents land.
-        res_other = other.sample_chunk({t.triple_id: t for t in TRIPLES}, first)
+        res_other = other.sample_chunk(BY_ID, first)
         d_other = max((res.source_latents - res_other.source_latents).abs().max().item(),
                       (res.edited_latents - res_other.edited_latents).abs().max().item())
         out.update({"compare_dtype": args.compare_dtype, "pairs_per_s_fast_compare": round(n / best_other, 4),
