@@ -26,10 +26,14 @@ DATA=${DATA:-'runs/shapes-editor-data*/export/webdataset/train/*.tar'}
 SHIPPED_PAIRS=$("$VENV/bin/python" -c 'import json, sys; print(json.load(open(sys.argv[1])).get("data_pairs") or 0)' \
   datagen/shapes/weights/editor/editsynth_train.json)
 MIN_PAIRS=${MIN_PAIRS:-$((SHIPPED_PAIRS + 1))}
-HAVE=$("$VENV/bin/python" -c 'import sys
+# Counted over the datasets DATA names that are finished (have shards) so far.
+HAVE=$("$VENV/bin/python" -c 'import glob, sys, braceexpand
 from model.data import DataError, count_pairs, open_source
+parts = list(braceexpand.braceexpand(sys.argv[1]))
+ready = [p for p in parts if glob.glob(p)]
 try:
-    print(count_pairs(open_source(sys.argv[1])) or 0)
+    pairs = sum(count_pairs(open_source(p)) or 0 for p in ready)
+    print(pairs, f"({len(ready)} of the {len(parts)} datasets DATA names are finished)" if len(parts) > 1 else "")
 except DataError as e:
     print(f"0 ({e})")' "$DATA")
 echo "the retrain needs at least $MIN_PAIRS pairs (train.min_pairs; the shipped editor's run read $SHIPPED_PAIRS);" \
