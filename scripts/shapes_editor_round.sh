@@ -12,7 +12,8 @@
 # time, default one per core); 5,000 steps about 45 min; each oracle eval about 7 min. What has
 # helped: more distinct pairs than the shipped editor's own run saw (`data_pairs` in its
 # editsynth_train.json), so the retrain refuses fewer (train.min_pairs) unless MIN_PAIRS says
-# otherwise (MIN_PAIRS=0: no floor).
+# otherwise (MIN_PAIRS=0: no floor). A round longer than a session: RENDER_ONLY=1 renders the
+# datasets and stops; the same command without it later renders nothing twice and trains.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=$(bash scripts/setup.sh)
@@ -64,6 +65,10 @@ for ((lane = 0; lane < LANES && lane < ${#seeds[@]}; lane++)); do
   generate "${mine[@]}" & lanes+=($!)
 done
 for pid in "${lanes[@]}"; do wait "$pid"; done   # a failed lane fails the round (set -e)
+if [[ ${RENDER_ONLY:-0} == 1 ]]; then
+  echo "rendered; RENDER_ONLY=1 stops before the retrain"
+  exit 0
+fi
 
 # The shipped editor's recipe (its editsynth_train.json): batch 32, Min-SNR 5, cosine to zero.
 "$VENV/bin/python" train_editor.py --pipeline shapes \
