@@ -135,6 +135,17 @@ def run_eval_compare(args) -> int:
         print("| mean of 'both' over the sweep | "
               + " | ".join("-" if m is None else f"{m:.3f}" for m in table["mean_both"]) + " |")
     print(f"\nOne standard error of a rate: up to {table['standard_error']:.3f}.")
+    if any(change for _, row in table["paired"] for change in row):
+        # The same scenes, seeds and instructions: the noise two editors share cancels scene by scene.
+        print(f"\nScene by scene against {args.evals[0]} (the same scenes): how many each later one gained "
+              "and lost, and the exact sign test's p.\n")
+        print("| edit · kept · both: +gained / -lost (p) | " + " | ".join(args.evals[1:]) + " |")
+        print("|---" * len(args.evals) + "|")
+        shown = lambda c: "-" if c is None else " · ".join(  # noqa: E731
+            f"+{c[k]['gained']} / -{c[k]['lost']} ({c[k]['p']:.2g})" for k in ("edit", "kept", "both"))
+        for label, row in table["paired"]:
+            if any(row):
+                print(f"| {label} | " + " | ".join(shown(c) for c in row[1:]) + " |")
     return 0
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
 from collections import defaultdict
@@ -40,6 +41,9 @@ PLOT_FILE = "eval_plot.png"
 ORACLE_FILE = "oracle_edit.json"
 PAIRS_ORACLE_FILE = "oracle_pairs.json"
 ORACLE_RATES = ("edit_accuracy", "preservation", "edit_correct")   # edit made, rest kept, both
+# Where each method's rates sit in oracle_edit.json: "sdedit_edit_accuracy", ...
+METHOD_PREFIX = {"editor": "", "sdedit": "sdedit_", "identity": "identity_", "seen_phrasing": "seen_phrasing_",
+                 "dataset": "dataset_"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -262,17 +266,23 @@ def _rates(judgements: list, idx: list[int]) -> tuple[float, float]:
             sum(judgements[i].preserved for i in idx) / len(idx))
 
 
+def scene_verdicts(judgements: list) -> dict[str, str]:
+    """Each scene's verdicts, one character a scene ("1" yes, "0" no): the edit made, the rest kept.
+    Two evals of the same scenes can then be compared scene by scene (``compare_oracle``)."""
+    return {"edit": "".join("1" if j.edit_ok else "0" for j in judgements),
+            "kept": "".join("1" if j.preserved else "0" for j in judgements)}
+
+
 def oracle_summary(kinds: list[str], judged: dict[str, list]) -> dict:
-    """Edit accuracy and preservation overall and per edit kind, for each method judged."""
-    prefix = {"editor": "", "sdedit": "sdedit_", "identity": "identity_", "seen_phrasing": "seen_phrasing_",
-              "dataset": "dataset_"}
+    """Edit accuracy and preservation overall and per edit kind, for each method judged; each
+    scene's verdicts under ``by_scene``."""
     by_kind_idx: dict[str, list[int]] = defaultdict(list)
     for i, k in enumerate(kinds):
         by_kind_idx[k].append(i)
     result: dict = {"num_scenes": len(kinds)}
     by_kind: dict = {k: {"n": len(ix)} for k, ix in sorted(by_kind_idx.items())}
     for method, judgements in judged.items():
-        p = prefix[method]
+        p = METHOD_PREFIX[method]
         acc, pres = _rates(judgements, list(range(len(kinds))))
         result[f"{p}edit_accuracy"], result[f"{p}preservation"] = acc, pres
         result[f"{p}edit_correct"] = sum(j.edit_ok and j.preserved for j in judgements) / max(1, len(kinds))
@@ -280,6 +290,7 @@ def oracle_summary(kinds: list[str], judged: dict[str, list]) -> dict:
             acc, pres = _rates(judgements, ix)
             by_kind[k][f"{p}edit_accuracy"], by_kind[k][f"{p}preservation"] = acc, pres
     result["by_edit_kind"] = by_kind
+    result["by_scene"] = {method: scene_verdicts(judgements) for method, judgements in judged.items()}
     return result
 
 
@@ -299,23 +310,56 @@ class NotAnOracleEval(ValueError):
 
 
 def _oracle_rows(r: dict) -> tuple[dict, dict, list[float], int]:
-    """One oracle eval as (guidance settings, other rows) of (edit, kept, both) or None, its
-    sweep's "both" and its number of scenes."""
-    def triple(d: dict, prefix: str = ""):
-        keys = [prefix + k for k in ORACLE_RATES]
-        return tuple(d[k] for k in keys) if all(k in d for k in keys) else None
+    """One oracle eval as (guidance settings, other rows), each {label: ((edit, kept, both) or None,
+    per-scene verdicts or None)}, its sweep's "both" and its number of scenes."""
+    def row(d: dict, method: str = "editor"):
+        keys = [METHOD_PREFIX[method] + k for k in ORACLE_RATES]
+        rates = tuple(d[k] for k in keys) if all(k in d for k in keys) else None
+        return rates, d.get("by_scene", {}).get(method)   # evals before by_scene: no verdicts
 
     def setting(d: dict) -> str:
         return f"s_T {d.get('text_guidance_scale', r['text_guidance_scale']):g} / s_I {d['image_guidance_scale']:g}"
 
     sweep = r.get("image_guidance_sweep", [])
-    settings = {setting(r): triple(r)}                               # the headline first
+    settings = {setting(r): row(r)}                               # the headline first
     for point in sweep:
-        settings.setdefault(setting(point), triple(point))
-    others = {"worded as in training (headline setting)": triple(r, "seen_phrasing_"),
-              f"SDEdit (strength {r.get('sdedit_strength')})": triple(r, "sdedit_"),
-              "the pairs' own edited images": triple(r, "dataset_")}   # oracle_pairs.json
+        settings.setdefault(setting(point), row(point))
+    others = {"worded as in training (headline setting)": row(r, "seen_phrasing"),
+              f"SDEdit (strength {r.get('sdedit_strength')})": row(r, "sdedit"),
+              "the pairs' own edited images": row(r, "dataset")}   # oracle_pairs.json
     return settings, others, [p["edit_correct"] for p in sweep], r["num_scenes"]
+
+
+def sign_test(gained: int, lost: int) -> float:
+    """Exact two-sided sign test: how likely a split at least this uneven of the scenes that changed
+    verdict is, were either editor as likely to win each (McNemar's exact test)."""
+    n = gained + lost
+    tail = sum(math.comb(n, k) for k in range(min(gained, lost) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def paired_change(first: dict | None, other: dict | None) -> dict | None:
+    """Scene by scene from ``first`` to ``other`` (``scene_verdicts`` of the same scenes): for the edit,
+    the keeping and both, the scenes gained and lost and the sign test's p; None without verdicts."""
+    if not first or not other or len(first["edit"]) != len(other["edit"]):
+        return None
+
+    def flags(verdicts: dict) -> dict[str, list[bool]]:
+        edit, kept = [c == "1" for c in verdicts["edit"]], [c == "1" for c in verdicts["kept"]]
+        return {"edit": edit, "kept": kept, "both": [e and k for e, k in zip(edit, kept)]}
+
+    a, b = flags(first), flags(other)
+    change = {}
+    for name in ("edit", "kept", "both"):
+        gained = sum(y and not x for x, y in zip(a[name], b[name]))
+        lost = sum(x and not y for x, y in zip(a[name], b[name]))
+        change[name] = {"gained": gained, "lost": lost, "p": sign_test(gained, lost)}
+    return change
+
+
+def _same_scenes(a: dict, b: dict) -> bool:
+    """Whether two oracle evals judged the same scenes (held-out ones, or the same dataset's pairs)."""
+    return all(a.get(k) == b.get(k) for k in ("num_scenes", "seed", "data", "split"))
 
 
 def compare_oracle(results: Sequence[dict]) -> dict:
@@ -323,7 +367,9 @@ def compare_oracle(results: Sequence[dict]) -> dict:
     kept, both) or None per result]) for every guidance setting any of them judged, then the same
     edits worded as in training, SDEdit, the pairs' own images; ``mean_both`` over each one's
     sweep; ``standard_error``, the largest of a rate judged on that many scenes (at 0.5), to read
-    the differences against. A result that is no oracle eval raises NotAnOracleEval."""
+    the differences against; ``paired``, per row, each later result against the first scene by
+    scene (``paired_change``; None where either has no verdicts or the scenes differ), which sees
+    through the noise the two share. A result that is no oracle eval raises NotAnOracleEval."""
     parsed = []
     for i, r in enumerate(results):
         try:
@@ -333,11 +379,16 @@ def compare_oracle(results: Sequence[dict]) -> dict:
     labels = list(dict.fromkeys(k for settings, *_ in parsed for k in settings))
     labels += dict.fromkeys(k for _, others, *_ in parsed for k in others)
     cells = [{**settings, **others} for settings, others, *_ in parsed]
-    table = [(label, [c.get(label) for c in cells]) for label in labels]
+    table = [(label, [c.get(label, (None, None)) for c in cells]) for label in labels]
+    table = [(label, row) for label, row in table if any(rates for rates, _ in row)]
+    same = [_same_scenes(results[0], r) for r in results]
     return {
-        "rows": [(label, row) for label, row in table if any(row)],
+        "rows": [(label, [rates for rates, _ in row]) for label, row in table],
         "mean_both": [sum(sweep) / len(sweep) if sweep else None for *_, sweep, _ in parsed],
         "standard_error": 0.5 / min(n for *_, n in parsed) ** 0.5,
+        "paired": [(label, [None] + [paired_change(row[0][1], verdicts) if same[i] else None
+                                     for i, (_, verdicts) in enumerate(row[1:], start=1)])
+                   for label, row in table],
     }
 
 
@@ -403,7 +454,7 @@ def _edit_and_judge(editor, inputs, instructions, seeds, kinds, judge, cfg: Eval
             editor, inputs, instructions, cfg.steps, s_text, s_img, cfg.seed, cfg.batch_size, seeds, cfg.scheduler))
         point = oracle_summary(kinds, {"editor": judged_at})
         sweep.append({"text_guidance_scale": s_text, "image_guidance_scale": s_img,
-                      **{k: point[k] for k in ORACLE_RATES}})
+                      **{k: point[k] for k in ORACLE_RATES}, "by_scene": point["by_scene"]})
         log.info("oracle s_T=%.2f s_I=%.2f: %s", s_text, s_img, sweep[-1])
     return edited, edited_judged, sweep
 

@@ -170,6 +170,56 @@ def test_eval_compare_puts_oracle_evals_side_by_side(tmp_path, tiny_editor_dir, 
     assert "is not the JSON of an `editsynth eval --oracle`" in capsys.readouterr().err
 
 
+def test_eval_compare_pairs_the_same_scenes_verdict_by_verdict(tmp_path, tiny_editor_dir, capsys):
+    from datagen.config import load_config
+
+    cfg = load_config("shapes", ["train.eval.oracle_num_scenes=9", "train.eval.steps=2",
+                                 "train.eval.oracle_text_guidance_sweep=[]",
+                                 "train.eval.oracle_image_guidance_sweep=[1.5,3.0]"]).train.eval
+    a = E.evaluate_oracle(str(tiny_editor_dir), cfg, tmp_path / "a", base_model=None)
+    # Each scene's verdicts are kept, and they are what the rates count.
+    for point, verdicts in [(a, a["by_scene"]["editor"])] + [(p, p["by_scene"]["editor"])
+                                                             for p in a["image_guidance_sweep"]]:
+        assert len(verdicts["edit"]) == len(verdicts["kept"]) == 9
+        assert verdicts["edit"].count("1") / 9 == pytest.approx(point["edit_accuracy"])
+        assert verdicts["kept"].count("1") / 9 == pytest.approx(point["preservation"])
+        both = sum(e == k == "1" for e, k in zip(verdicts["edit"], verdicts["kept"]))
+        assert both / 9 == pytest.approx(point["edit_correct"])
+    assert a["by_scene"]["identity"] == {"edit": "0" * 9, "kept": "1" * 9}
+
+    # A second editor that gains four scenes at the headline ("both") and loses none.
+    b = json.loads(json.dumps(a))
+    start = {"edit": "000011111", "kept": "111100000"}     # made on 5 scenes, kept on 4: both on none
+    gained = {"edit": "111111111", "kept": "111100000"}    # both on the first 4
+    a["by_scene"]["editor"], b["by_scene"]["editor"] = start, gained
+    table = E.compare_oracle([a, b, {**b, "seed": 1}])
+    paired = dict(table["paired"])
+    assert paired["s_T 7.5 / s_I 1.5"][0] is None                       # the first is the reference
+    headline = paired["s_T 7.5 / s_I 1.5"][1]
+    assert headline["edit"] == {"gained": 4, "lost": 0, "p": pytest.approx(2 / 16)}
+    assert headline["kept"] == {"gained": 0, "lost": 0, "p": 1.0}
+    assert headline["both"] == {"gained": 4, "lost": 0, "p": pytest.approx(2 / 16)}
+    assert paired["s_T 7.5 / s_I 1.5"][2] is None                       # other scenes: no pairing
+    assert paired["s_T 7.5 / s_I 3"][1]["both"] == {"gained": 0, "lost": 0, "p": 1.0}   # same verdicts
+    assert E.sign_test(7, 2) == pytest.approx(2 * (1 + 9 + 36) / 512)
+    assert E.sign_test(2, 7) == E.sign_test(7, 2)
+
+    # The command prints it under the side-by-side table; evals made before verdicts were kept
+    # (no by_scene) still compare, without it.
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / E.ORACLE_FILE).write_text(json.dumps(b))
+    (tmp_path / "a" / E.ORACLE_FILE).write_text(json.dumps(a))
+    assert editsynth_cli.main(["eval-compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "| s_T 7.5 / s_I 1.5 | +4 / -0 (0.12) · +0 / -0 (1) · +4 / -0 (0.12) |" in out
+    old = {k: v for k, v in a.items() if k != "by_scene"}
+    old["image_guidance_sweep"] = [{k: v for k, v in p.items() if k != "by_scene"} for p in a["image_guidance_sweep"]]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert editsynth_cli.main(["eval-compare", str(tmp_path / "old.json"), str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "| s_T 7.5 / s_I 1.5 |" in out and "Scene by scene" not in out
+
+
 def test_oracle_eval_judges_the_same_edits_worded_as_in_training(tmp_path, tiny_editor_dir, monkeypatch):
     import re
 
