@@ -34,7 +34,8 @@ parts = list(braceexpand.braceexpand(sys.argv[1]))
 ready = [p for p in parts if glob.glob(p)]
 try:
     pairs = sum(count_pairs(open_source(p)) or 0 for p in ready)
-    print(pairs, *[f"({len(ready)} of the {len(parts)} datasets DATA names are finished)"] * (len(parts) > 1))
+    finished = f" ({len(ready)} of the {len(parts)} datasets DATA names are finished)" if len(parts) > 1 else ""
+    print(f"{pairs}{finished}")
 except DataError as e:
     print(f"0 ({e})")' "$DATA")
 echo "the retrain needs at least $MIN_PAIRS pairs (train.min_pairs; the shipped editor's run read $SHIPPED_PAIRS);" \
