@@ -181,6 +181,21 @@ class LossInputs:
     seeds: list[int]           # one per sample: the key of its random draws
 
 
+# On CPU one VAE pass over 64 images of 64 px ran at half the speed of two passes of 32 (its
+# activations outgrow the cache; bench/train.py); a GPU takes the whole batch in one pass.
+CPU_VAE_PASS = 32
+
+
+def encode_posterior(vae, pixels: torch.Tensor, max_pass: int | None = None):
+    """The VAE's posterior of ``pixels``, encoded in passes of at most ``max_pass`` images."""
+    if max_pass is None or len(pixels) <= max_pass:
+        return vae.encode(pixels).latent_dist
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    return DiagonalGaussianDistribution(torch.cat([vae.encode(part).latent_dist.parameters
+                                                   for part in pixels.split(max_pass)]))
+
+
 def editor_loss(unet, vae, text_encoder, noise_scheduler, null_text: torch.Tensor, batch: LossInputs,
                 p_text: float, p_image: float, p_both: float, weight_dtype=torch.float32,
                 snr_gamma: float | None = None, timestep_sampling: str = "uniform") -> torch.Tensor:
@@ -193,7 +208,7 @@ def editor_loss(unet, vae, text_encoder, noise_scheduler, null_text: torch.Tenso
     with torch.no_grad():
         # One VAE pass for both images: the target needs a posterior sample, the condition its mode.
         pixels = torch.cat([batch.edited, batch.original]).to(device, weight_dtype)
-        posterior = vae.encode(pixels).latent_dist
+        posterior = encode_posterior(vae, pixels, CPU_VAE_PASS if pixels.device.type == "cpu" else None)
         draws = draw_samples(batch.seeds, tuple(posterior.mean.shape[1:]),
                              noise_scheduler.config.num_train_timesteps, timestep_sampling)
         mean, std = posterior.mean, posterior.std

@@ -161,6 +161,30 @@ def test_a_samples_draws_do_not_depend_on_its_batch_mates(tiny_parts):
     assert whole.item() == pytest.approx((parts[0].item() + parts[1].item()) / 2, rel=1e-5)
 
 
+def test_the_vae_in_passes_gives_the_posterior_and_loss_of_one_pass(tiny_parts, monkeypatch):
+    """On CPU the loss encodes in passes of CPU_VAE_PASS images (faster there): same numbers."""
+    vae, te = editor.freeze(tiny_parts.vae), editor.freeze(tiny_parts.text_encoder)
+    null = editor.encode_text(te, tiny_parts.tokenizer, [""])
+    unet = tiny_parts.unet.eval()
+    b = _batch(tiny_parts, n=8, seed=4)
+    sizes = []
+    real_encode = vae.encode
+    monkeypatch.setattr(vae, "encode", lambda x: sizes.append(len(x)) or real_encode(x))
+    with torch.no_grad():
+        whole = editor.encode_posterior(vae, b.original, None)
+        parts = editor.encode_posterior(vae, b.original, 3)
+        assert sizes == [8, 3, 3, 2]
+        torch.testing.assert_close(parts.mean, whole.mean, rtol=0, atol=1e-6)
+        torch.testing.assert_close(parts.std, whole.std, rtol=0, atol=1e-6)
+        monkeypatch.setattr(editor, "CPU_VAE_PASS", 1000)
+        one_pass = editor.editor_loss(unet, vae, te, tiny_parts.noise_scheduler, null, b, .05, .05, .05)
+        monkeypatch.setattr(editor, "CPU_VAE_PASS", 5)
+        sizes.clear()
+        in_passes = editor.editor_loss(unet, vae, te, tiny_parts.noise_scheduler, null, b, .05, .05, .05)
+    assert sizes == [5, 5, 5, 1]  # edited and original images together: 16
+    assert in_passes.item() == pytest.approx(one_pass.item(), rel=1e-6)
+
+
 def test_min_snr_weighting_reweights_each_sample_by_its_timestep(tiny_parts):
     vae, te = editor.freeze(tiny_parts.vae), editor.freeze(tiny_parts.text_encoder)
     null = editor.encode_text(te, tiny_parts.tokenizer, [""])
