@@ -9,7 +9,7 @@
 # Every step resumes when run again (datasets by shard, training from its last checkpoint); the
 # generate logs (runs/logs/genSEED.log) are appended to.
 # On 2 cores: a dataset takes about 20 min on one core in bfloat16, 30-40 in float32 (LANES at a
-# time, default one per core); 5,000 steps about 45 min; each oracle eval about 7 min. What has
+# time, default one per core); 5,000 steps 45-63 min; each oracle eval about 7 min. What has
 # helped: more distinct pairs than the shipped editor's own run saw (`data_pairs` in its
 # editsynth_train.json), so the retrain refuses fewer (train.min_pairs) unless MIN_PAIRS says
 # otherwise (MIN_PAIRS=0: no floor). A round longer than a session: RENDER_ONLY=1 renders the
