@@ -156,7 +156,9 @@ Logs: `weights/<model>.log.jsonl` (one JSON row per evaluation). Training resume
   headline setting the moves rose most ("shift", 0.57 -> 0.83); removals stay at the bottom ("get
   rid of", 0.07 -> 0.03). The old one's fresh evaluation for this table differed from its
   publishing one by one scene at two settings (s_T 4 / s_I 2.5 and worded as in training, 0.005
-  each): the same seeds, a borderline scene. The round script now refuses a retrain on no more than
+  each): the first judged the shipped fp16 weights, the second the fp32 training output. The new
+  one's fp16 weights alike (`editsynth eval --oracle --editor shapes --out runs/eval-v18-shipped`):
+  the same verdicts on all 210 scenes at every setting but one kept fewer at s_T 4 / s_I 2.5. The round script now refuses a retrain on no more than
   78,316 pairs.
   Why the shipped editor keeps so little: its forerunners overfit their pairs. On 168 of its own training pairs (s_T 4 / s_I 4)
   the step-18,200 editor kept the untouched facts in 0.89, as often as the data does; on 168
