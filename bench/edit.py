@@ -133,7 +133,7 @@ def main(argv=None) -> int:
     pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(path, torch_dtype=dtype, safety_checker=None)
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    settings = EditSettings(steps=args.steps, seed=0, resolution=resolution)
+    settings = EditSettings(steps=args.steps, seed=0, resolution=resolution).for_editor(ours)  # same scales for both
 
     def run_ours(editor=ours):
         return edit_images(editor, [image], INSTRUCTION, settings)[0]

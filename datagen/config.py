@@ -213,15 +213,21 @@ class EvalConfig(Section):
     scheduler: str = "EulerAncestralDiscreteScheduler"
     # --oracle: held-out rendered scenes (negative seeds, never used for training data).
     oracle_num_scenes: int = Field(210, ge=1)
-    oracle_image_guidance: float = Field(1.5, ge=0)
+    # The headline (s_T, s_I); None: the editor's own (its edit_config.json), else the paper's 7.5 / 1.5.
+    oracle_image_guidance: float | None = Field(None, ge=0)
     # More image-guidance scales to judge the editor at (the paper's s_I axis; the headline keys
     # stay at oracle_image_guidance): a weak editor trades edits for preservation along it.
     oracle_image_guidance_sweep: list[float] = []
     # ... and at each of these text scales (empty: oracle_text_guidance only). The paper's 7.5
     # is tuned for SD; a tiny editor may edit and keep best at another.
     oracle_text_guidance_sweep: list[float] = []
-    oracle_text_guidance: float = Field(7.5, ge=0)
+    oracle_text_guidance: float | None = Field(None, ge=0)
     oracle_sdedit_strength: float = Field(0.6, gt=0, le=1)
+    # More SDEdit strengths to judge (sdedit_strength_sweep), so the baseline is tuned like the editor.
+    oracle_sdedit_strength_sweep: list[float] = []
+    # Which held-out scenes: "test" (the figures we report) or "validation" (a disjoint set to
+    # choose guidance on, `editsynth edit-config`, without looking at the test scenes).
+    oracle_scenes: Literal["test", "validation"] = "test"
     # Judge the headline setting once more with the edits worded as training data words them
     # (seen_phrasing_* keys): one more editor pass.
     oracle_seen_phrasing: bool = True
@@ -230,8 +236,9 @@ class EvalConfig(Section):
     def _lists(self):
         if not self.image_guidance_scales:
             raise ValueError("image_guidance_scales must list at least one value")
-        if any(not 0 < s <= 1 for s in self.sdedit_strengths):
-            raise ValueError(f"sdedit_strengths must lie in (0, 1], got {self.sdedit_strengths}")
+        for name in ("sdedit_strengths", "oracle_sdedit_strength_sweep"):
+            if any(not 0 < s <= 1 for s in getattr(self, name)):
+                raise ValueError(f"{name} must lie in (0, 1], got {getattr(self, name)}")
         return self
 
 

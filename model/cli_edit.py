@@ -6,7 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
-from model.sampling import DEFAULT_SCHEDULER, EditSettings
+from model.sampling import DEFAULT_SCHEDULER, PAPER_GUIDANCE, EditSettings
 
 log = logging.getLogger(__name__)
 
@@ -17,10 +17,12 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="an InstructPix2Pix diffusers directory, a hub id (timbrooks/instruct-pix2pix), "
                         "or 'shapes' (the shipped shapes editor); default: shapes")
     p.add_argument("--steps", type=int, default=d.steps, help=f"sampling steps (default {d.steps})")
-    p.add_argument("--text-guidance", type=float, default=d.text_guidance,
-                   help=f"s_T: how strongly to follow the instruction (default {d.text_guidance})")
-    p.add_argument("--image-guidance", type=float, default=d.image_guidance,
-                   help=f"s_I: how closely to keep the input image (default {d.image_guidance})")
+    p.add_argument("--text-guidance", type=float, default=None,
+                   help="s_T: how strongly to follow the instruction (default: the model's edit_config.json, "
+                        f"else {PAPER_GUIDANCE['text_guidance']})")
+    p.add_argument("--image-guidance", type=float, default=None,
+                   help="s_I: how closely to keep the input image (default: the model's edit_config.json, "
+                        f"else {PAPER_GUIDANCE['image_guidance']})")
     p.add_argument("--resolution", type=int, default=None,
                    help="long side of the edit in pixels (default: the model's native size, 512 for SD)")
     p.add_argument("--scheduler", default=DEFAULT_SCHEDULER, help="a diffusers scheduler class name")

@@ -5,6 +5,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -93,18 +94,57 @@ def run_eval(args) -> int:
     return 0
 
 
+def oracle_eval_file(given: str) -> Path:
+    """An eval folder's oracle_edit.json (or oracle_pairs.json), or the file given."""
+    from model.evaluate import ORACLE_FILE, PAIRS_ORACLE_FILE
+
+    path = Path(given)
+    if not path.is_dir():
+        return path
+    return next((f for f in (path / ORACLE_FILE, path / PAIRS_ORACLE_FILE) if f.is_file()), path / ORACLE_FILE)
+
+
+def run_edit_config(args) -> int:
+    """Write the guidance an editor edits best at, chosen on validation scenes, into its directory."""
+    from datagen.shapes.models import resolve_model
+    from model.evaluate import NotForChoosing, choose_guidance
+    from model.loading import EDIT_CONFIG_FILE
+
+    path = oracle_eval_file(args.source)
+    if not path.is_file():
+        raise FileNotFoundError(f"no oracle eval at {path} (made by `editsynth eval --oracle --out DIR`)")
+    result = json.loads(path.read_text())
+    directory = Path(resolve_model(args.editor, "editor"))
+    if not (directory / "model_index.json").is_file():
+        raise FileNotFoundError(f"{directory} is not a local editor directory (no model_index.json)")
+    try:
+        chosen = choose_guidance(result)
+    except NotForChoosing as e:
+        print(f"editsynth edit-config: {path}: {e}", file=sys.stderr)
+        return 2
+    evaluated = result.get("editor", "")
+    if evaluated and Path(resolve_model(evaluated, "editor")).resolve() != directory.resolve():
+        print(f"editsynth edit-config: note: {path} evaluated {evaluated!r}, not {args.editor!r}", file=sys.stderr)
+    config = {"text_guidance": chosen["text_guidance"], "image_guidance": chosen["image_guidance"],
+              "chosen_by": "the most edits made with everything else kept (the oracle's edit_correct) over "
+                           "the guidance sweep of an oracle eval on validation scenes",
+              "chosen_on": {"eval": str(path), "editor": evaluated, **{k: result.get(k) for k in (
+                  "scenes", "num_scenes", "seed", "steps", "scheduler")}, **chosen["validation"]}}
+    (directory / EDIT_CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n")
+    v = chosen["validation"]
+    print(f"wrote {directory / EDIT_CONFIG_FILE}: s_T {config['text_guidance']:g} / s_I {config['image_guidance']:g} "
+          f"(validation: edit {v['edit_accuracy']:.3f}, kept {v['preservation']:.3f}, both {v['edit_correct']:.3f})")
+    if "sdedit_strength" in chosen:
+        sd = chosen["sdedit_validation"]
+        print(f"SDEdit's best strength on these scenes: {chosen['sdedit_strength']:g} (edit {sd['edit_accuracy']:.3f}, "
+              f"kept {sd['preservation']:.3f}, both {sd['edit_correct']:.3f}); set train.eval.oracle_sdedit_strength")
+    return 0
+
+
 def run_eval_compare(args) -> int:
-    from pathlib import Path
+    from model.evaluate import NotAnOracleEval, compare_oracle
 
-    from model.evaluate import ORACLE_FILE, PAIRS_ORACLE_FILE, NotAnOracleEval, compare_oracle
-
-    def eval_file(given: str) -> Path:
-        path = Path(given)
-        if not path.is_dir():
-            return path
-        return next((f for f in (path / ORACLE_FILE, path / PAIRS_ORACLE_FILE) if f.is_file()), path / ORACLE_FILE)
-
-    paths = [eval_file(p) for p in args.evals]
+    paths = [oracle_eval_file(p) for p in args.evals]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"no oracle eval at {', '.join(missing)} (made by `editsynth eval --oracle --out DIR`)")
@@ -182,3 +222,14 @@ def register(sub) -> None:
     c.add_argument("evals", nargs="+", help="eval folders (or their oracle_edit.json / oracle_pairs.json)")
     c.add_argument("--json", action="store_true", help="print the table as JSON")
     c.set_defaults(func=reported("eval-compare", run_eval_compare))
+
+    g = sub.add_parser("edit-config", help="write the guidance an editor edits best at into its edit_config.json",
+                       description="Choose, from an oracle eval's guidance sweep on VALIDATION scenes, the (s_T, "
+                                   "s_I) that makes the most edits while keeping everything else, and write it "
+                                   "to EDITOR/edit_config.json: `edit`, `serve` and `eval` then use it unless "
+                                   "told otherwise. Refuses evals of the test scenes.")
+    g.add_argument("editor", help="a local editor directory, or 'shapes' (the shipped one)")
+    g.add_argument("--from", dest="source", required=True,
+                   help="the eval folder (or its oracle_edit.json) of `editsynth eval --oracle --set "
+                        "train.eval.oracle_scenes=validation` with a guidance sweep")
+    g.set_defaults(func=reported("edit-config", run_edit_config))

@@ -241,11 +241,19 @@ def evaluate_sweep(editor_model: str, data: str, cfg: EvalConfig, out: str | Pat
 # ---------------------------------------------------------------------------------------
 # The shapes-world oracle
 # ---------------------------------------------------------------------------------------
-def heldout_triples(n: int, seed: int = 0):
+# Two disjoint sets of held-out scenes: "test" reports, "validation" is where settings are chosen
+# (`editsynth edit-config`) without looking at the test scenes. Both from negative seeds: training
+# data uses seeds >= 0.
+ORACLE_SCENE_SETS = {"test": -1, "validation": -1_000_001}
+
+
+def heldout_triples(n: int, seed: int = 0, scenes: str = "test"):
     """``n`` held-out triples balanced over edit kinds, from negative seeds (training uses >= 0)."""
     from datagen.shapes import grammar
 
-    rng = random.Random(-1 - seed)
+    if scenes not in ORACLE_SCENE_SETS:
+        raise ValueError(f"unknown held-out scenes {scenes!r}; use {' or '.join(ORACLE_SCENE_SETS)}")
+    rng = random.Random(ORACLE_SCENE_SETS[scenes] - seed)
     kinds = grammar.EDIT_KINDS
     return [grammar.sample_triple(rng, kind=kinds[i % len(kinds)], held_out=True) for i in range(n)]
 
@@ -358,7 +366,8 @@ def paired_change(first: dict | None, other: dict | None) -> dict | None:
 
 def _same_scenes(a: dict, b: dict) -> bool:
     """Whether two oracle evals judged the same scenes (held-out ones, or the same dataset's pairs)."""
-    return all(a.get(k) == b.get(k) for k in ("num_scenes", "seed", "data", "split"))
+    return (all(a.get(k) == b.get(k) for k in ("num_scenes", "seed", "data", "split"))
+            and a.get("scenes", "test") == b.get("scenes", "test"))   # evals before "scenes": test
 
 
 def compare_oracle(results: Sequence[dict]) -> dict:
@@ -391,6 +400,33 @@ def compare_oracle(results: Sequence[dict]) -> dict:
     }
 
 
+class NotForChoosing(ValueError):
+    """An oracle eval that settings must not be chosen on (test scenes, or no sweep)."""
+
+
+def choose_guidance(result: dict) -> dict:
+    """The (s_T, s_I) of an oracle eval's sweep that makes the most edits while keeping everything
+    else ("both"; ties: more edits, then more kept), and SDEdit's best strength likewise when it was
+    swept. Only on validation scenes: a setting chosen on the test scenes would flatter them."""
+    if result.get("scenes", "test") != "validation":
+        raise NotForChoosing("this eval judged the test scenes; choose on the validation scenes "
+                             "(`editsynth eval --oracle --set train.eval.oracle_scenes=validation ...`)")
+    points = result.get("image_guidance_sweep") or []
+    if not points:
+        raise NotForChoosing("this eval has no guidance sweep to choose from "
+                             "(--set train.eval.oracle_image_guidance_sweep=[...])")
+    rank = lambda p: tuple(p[k] for k in ("edit_correct", "edit_accuracy", "preservation"))  # noqa: E731
+    best = max(points, key=rank)
+    chosen = {"text_guidance": best["text_guidance_scale"], "image_guidance": best["image_guidance_scale"],
+              "validation": {k: best[k] for k in ORACLE_RATES}}
+    sdedit = result.get("sdedit_strength_sweep") or []
+    if sdedit:
+        best_sd = max(sdedit, key=rank)
+        chosen["sdedit_strength"] = best_sd["sdedit_strength"]
+        chosen["sdedit_validation"] = {k: best_sd[k] for k in ORACLE_RATES}
+    return chosen
+
+
 def evaluate_oracle(editor_model: str, cfg: EvalConfig, out: str | Path, base_model: str | None,
                     device: str = "auto", image_size: int = 64) -> dict:
     """Edit held-out rendered scenes; the oracle judges editor, SDEdit and identity -> oracle_edit.json."""
@@ -400,10 +436,11 @@ def evaluate_oracle(editor_model: str, cfg: EvalConfig, out: str | Path, base_mo
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    triples = heldout_triples(cfg.oracle_num_scenes, cfg.seed)
-    inputs = [world.render(t.input_scene, size=image_size, seed=seed_from(cfg.seed, "render", i))
+    triples = heldout_triples(cfg.oracle_num_scenes, cfg.seed, cfg.oracle_scenes)
+    tag = "" if cfg.oracle_scenes == "test" else cfg.oracle_scenes   # the test scenes keep their old seeds
+    inputs = [world.render(t.input_scene, size=image_size, seed=seed_from(cfg.seed, tag + "render", i))
               for i, t in enumerate(triples)]
-    seeds = [seed_from(cfg.seed, "edit", i) for i in range(len(triples))]
+    seeds = [seed_from(cfg.seed, tag + "edit", i) for i in range(len(triples))]
     kinds = [t.edit_kind for t in triples]
     dev = resolve_device(device)
 
@@ -412,6 +449,7 @@ def evaluate_oracle(editor_model: str, cfg: EvalConfig, out: str | Path, base_mo
                 for before, after, t in zip(inputs, outputs, triples)]
 
     editor = load_editor(editor_model, device=device)
+    cfg, guidance_from = with_headline_guidance(cfg, editor)
     instructions = [t.instruction for t in triples]
     edited, edited_judged, sweep = _edit_and_judge(editor, inputs, instructions, seeds, kinds, judge, cfg)
     headline = (cfg.oracle_text_guidance, cfg.oracle_image_guidance)
@@ -420,24 +458,46 @@ def evaluate_oracle(editor_model: str, cfg: EvalConfig, out: str | Path, base_mo
         judged["seen_phrasing"] = judge(edit_batch(editor, inputs, seen_phrasings(triples, cfg.seed), cfg.steps,
                                                    *headline, cfg.seed, cfg.batch_size, seeds, cfg.scheduler))
     del editor
+    sdedit_sweep = []
     if base_model:
         sdedit = load_sdedit(base_model, dev, cfg.scheduler)
-        sd_out = sdedit_batch(sdedit, inputs, [t.output_caption for t in triples], cfg.oracle_sdedit_strength,
-                              cfg.steps, cfg.oracle_text_guidance, seeds, cfg.batch_size)
-        judged["sdedit"] = judge(sd_out)
+        captions = [t.output_caption for t in triples]
+        for strength in dict.fromkeys([cfg.oracle_sdedit_strength, *cfg.oracle_sdedit_strength_sweep]):
+            judged_at = judge(sdedit_batch(sdedit, inputs, captions, strength, cfg.steps,
+                                           cfg.text_guidance_scale, seeds, cfg.batch_size))
+            if strength == cfg.oracle_sdedit_strength:
+                judged["sdedit"] = judged_at
+            if cfg.oracle_sdedit_strength_sweep:
+                point = oracle_summary(kinds, {"sdedit": judged_at})
+                sdedit_sweep.append({"sdedit_strength": strength,
+                                     **{k: point["sdedit_" + k] for k in ORACLE_RATES}})
     result = oracle_summary(kinds, judged)
     result.update({
         "editor": editor_model, "base_model": base_model, "image_size": image_size, "steps": cfg.steps,
         "scheduler": cfg.scheduler,
         "text_guidance_scale": cfg.oracle_text_guidance, "image_guidance_scale": cfg.oracle_image_guidance,
-        "sdedit_strength": cfg.oracle_sdedit_strength, "seed": cfg.seed, "device": str(dev),
-        "seconds": round(time.time() - started, 2),
+        "guidance_from": guidance_from, "sdedit_strength": cfg.oracle_sdedit_strength, "seed": cfg.seed, "scenes": cfg.oracle_scenes,
+        "device": str(dev), "seconds": round(time.time() - started, 2),
     })
     if sweep:
         result["image_guidance_sweep"] = sweep
+    if sdedit_sweep:
+        result["sdedit_strength_sweep"] = sdedit_sweep
     _save_oracle_grid(inputs, edited, triples, out / "oracle_examples.png")
     (out / ORACLE_FILE).write_text(json.dumps(result, indent=1))
     return result
+
+
+def with_headline_guidance(cfg: EvalConfig, editor) -> tuple[EvalConfig, str]:
+    """``cfg`` with the headline scales it leaves open filled in from the editor's edit_config.json,
+    else from the paper; and where they came from ("config", "edit_config.json" or "paper")."""
+    keys = {"text_guidance": "oracle_text_guidance", "image_guidance": "oracle_image_guidance"}
+    open_keys = [k for k, c in keys.items() if getattr(cfg, c) is None]
+    if not open_keys:
+        return cfg, "config"
+    resolved = EditSettings().for_editor(editor)
+    source = "edit_config.json" if any(k in editor.edit_defaults for k in open_keys) else "paper"
+    return cfg.model_copy(update={keys[k]: getattr(resolved, k) for k in open_keys}), source
 
 
 def _edit_and_judge(editor, inputs, instructions, seeds, kinds, judge, cfg: EvalConfig):
@@ -486,6 +546,7 @@ def evaluate_oracle_pairs(editor_model: str, data: str, split: str, cfg: EvalCon
                 for before, after, e in zip(inputs, outputs, examples)]
 
     editor = load_editor(editor_model, device=device)
+    cfg, guidance_from = with_headline_guidance(cfg, editor)
     _, edited_judged, sweep = _edit_and_judge(editor, inputs, [e.instruction for e in examples],
                                               seeds, kinds, judge, cfg)
     del editor
@@ -494,7 +555,7 @@ def evaluate_oracle_pairs(editor_model: str, data: str, split: str, cfg: EvalCon
     result.update({
         "editor": editor_model, "data": data, "split": split, "steps": cfg.steps, "scheduler": cfg.scheduler,
         "text_guidance_scale": cfg.oracle_text_guidance, "image_guidance_scale": cfg.oracle_image_guidance,
-        "seed": cfg.seed, "device": str(resolve_device(device)), "seconds": round(time.time() - started, 2),
+        "guidance_from": guidance_from, "seed": cfg.seed, "device": str(resolve_device(device)), "seconds": round(time.time() - started, 2),
     })
     if sweep:
         result["image_guidance_sweep"] = sweep

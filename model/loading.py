@@ -7,6 +7,7 @@ torch.compile), fp32 on CPU.
 """
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -18,6 +19,10 @@ import torch
 log = logging.getLogger(__name__)
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# An editor directory may say how it edits best, as transformers' generation_config.json does:
+# {"text_guidance": s_T, "image_guidance": s_I, ...provenance}; `editsynth edit-config` writes it.
+EDIT_CONFIG_FILE = "edit_config.json"
+EDIT_CONFIG_KEYS = ("text_guidance", "image_guidance")
 
 
 class EditorLoadError(RuntimeError):
@@ -37,6 +42,7 @@ class Editor:
     dtype: torch.dtype
     name: str = ""
     compiled: str = ""               # torch.compile mode, "" when not compiled
+    edit_defaults: dict = field(default_factory=dict)   # from edit_config.json: s_T, s_I it edits best at
     _null_text: torch.Tensor | None = field(default=None, repr=False)
 
     @property
@@ -148,7 +154,24 @@ def load_editor(model: str = "shapes", device: str = "auto", dtype: str = "auto"
         raise EditorLoadError(f"cannot load {model!r} as an InstructPix2Pix diffusers pipeline "
                               f"(a directory with model_index.json, or a hub id): {e}") from None
     editor = Editor.from_pipeline(pipe, name=model)
+    editor.edit_defaults = read_edit_config(Path(path).expanduser())
     return place(editor, dev, torch_dtype, compile_mode)
+
+
+def read_edit_config(directory: Path) -> dict:
+    """The guidance scales an editor directory recommends (EDIT_CONFIG_FILE), {} when it has none
+    (a hub id, or an editor nobody has tuned)."""
+    path = directory / EDIT_CONFIG_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        defaults = {k: float(data[k]) for k in EDIT_CONFIG_KEYS if k in data}
+    except (ValueError, TypeError, AttributeError) as e:
+        raise EditorLoadError(f"{path}: not a valid edit config ({e}); fix or delete it") from None
+    if any(v < 0 for v in defaults.values()):
+        raise EditorLoadError(f"{path}: guidance scales must be >= 0, got {defaults}")
+    return defaults
 
 
 def place(editor: Editor, device: torch.device, dtype: torch.dtype, compile_mode: str = "") -> Editor:

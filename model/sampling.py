@@ -15,7 +15,7 @@ from __future__ import annotations
 import inspect
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from PIL import Image
@@ -26,12 +26,16 @@ from model.loading import Editor, as_editor, encode_text
 DEFAULT_SCHEDULER = "EulerAncestralDiscreteScheduler"
 
 
+PAPER_GUIDANCE = {"text_guidance": 7.5, "image_guidance": 1.5}   # REFERENCE.md, Stage 4
+
+
 @dataclass
 class EditSettings:
-    """How to sample one edit; defaults are the original's (REFERENCE.md, Stage 4)."""
+    """How to sample one edit. A guidance scale left None is the editor's own (its edit_config.json),
+    else the original's (PAPER_GUIDANCE); ``for_editor`` fills them in."""
 
-    text_guidance: float = 7.5        # s_T
-    image_guidance: float = 1.5       # s_I
+    text_guidance: float | None = None    # s_T
+    image_guidance: float | None = None   # s_I
     steps: int = 100
     seed: int = 0
     resolution: int | None = None     # long side of the edit; None = the model's native size
@@ -41,7 +45,7 @@ class EditSettings:
     def __post_init__(self):
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.text_guidance < 0 or self.image_guidance < 0:
+        if min(s for s in (self.text_guidance, self.image_guidance, 0) if s is not None) < 0:
             raise ValueError(f"guidance scales must be >= 0, got text {self.text_guidance}, "
                              f"image {self.image_guidance}")
         if self.resolution is not None and self.resolution < 1:
@@ -50,6 +54,12 @@ class EditSettings:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not 0 <= self.seed < 2**63:
             raise ValueError(f"seed must be in [0, 2**63), got {self.seed}")
+
+    def for_editor(self, editor=None) -> "EditSettings":
+        """These settings with every scale left None taken from ``editor``'s edit_config.json, else
+        from the paper."""
+        own = {**PAPER_GUIDANCE, **(getattr(editor, "edit_defaults", None) or {})}
+        return replace(self, **{k: own[k] for k in PAPER_GUIDANCE if getattr(self, k) is None})
 
 
 def dual_guidance(e_text_img: torch.Tensor, e_img: torch.Tensor, e_none: torch.Tensor,
@@ -134,7 +144,7 @@ def edit_images(editor, images: Sequence[Image.Image], instructions: str | Seque
     from diffusers.image_processor import VaeImageProcessor
 
     editor = as_editor(editor)
-    settings = settings or EditSettings()
+    settings = (settings or EditSettings()).for_editor(editor)
     images = list(images)
     instructions = [instructions] * len(images) if isinstance(instructions, str) else list(instructions)
     seeds = [settings.seed] * len(images) if seeds is None else [int(s) for s in seeds]

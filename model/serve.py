@@ -127,6 +127,8 @@ def png_bytes(im: Image.Image) -> bytes:
 def create_app(editor: Editor, config: ServeConfig | None = None, with_ui: bool = True):
     """The FastAPI app: the HTTP API, with the Gradio UI mounted at /ui."""
     config = config or ServeConfig()
+    # Guidance scales left open take the editor's own (edit_config.json), else the paper's.
+    config = replace(config, defaults=config.defaults.for_editor(editor))
     worker = EditWorker(editor, config.max_queue)
     # The most an edit request may carry: the image as base64 (4/3) plus the form fields.
     body_limit = config.limits.max_bytes * 4 // 3 + 65536

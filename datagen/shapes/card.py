@@ -212,9 +212,10 @@ def write_model_card(weights_dir: Path = SHIPPED_DIR) -> Path:
                  "ema_colour", "ema_shape", "ema_size", "ema_all", "raw_all"]),
         "editor": ("Editor: oracle edit accuracy and preservation on held-out rendered scenes, beside the SDEdit "
                    "baseline on the same scenes (`settings` says how they were edited; `sweep_best`: the guidance "
-                   "setting of the eval's sweep with the most edits both made and kept; `seen_phrasing_*`: the same "
+                   "setting of the eval's sweep with the most edits both made and kept; rows with an `evaluation` "
+                   "judge the shipped weights again, as it says; `seen_phrasing_*`: the same "
                    "edits worded as training data words them, where the headline uses held-out wordings).",
-                   ["step", "minutes", "total_steps", "total_minutes", "device", "edit_accuracy", "preservation", "edit_correct",
+                   ["step", "minutes", "total_steps", "total_minutes", "device", "evaluation", "edit_accuracy", "preservation", "edit_correct",
                     "sdedit_edit_accuracy", "sdedit_preservation", "sdedit_edit_correct", "seen_phrasing_edit_accuracy",
                     "seen_phrasing_preservation", "seen_phrasing_edit_correct", "settings", "sweep_best"]),
     }

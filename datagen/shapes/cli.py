@@ -42,6 +42,14 @@ def _publish_editor(args):
     print(write_model_card())
 
 
+def _log_editor_eval(args):
+    from .card import write_model_card
+    from .train import log_shipped_editor_eval
+
+    print(log_shipped_editor_eval(args.eval, args.note))
+    print(write_model_card())
+
+
 def _adopt_decoder(args):
     from .train import SHIPPED_T2I, adopt_decoder
 
@@ -96,6 +104,12 @@ def register(sub) -> None:
     p.add_argument("trained", help="the training output folder (DIR)")
     p.add_argument("--eval", help="the folder holding oracle_edit.json (EVAL)")
     p.set_defaults(func=_publish_editor)
+    p = ssub.add_parser("log-editor-eval", help="add an oracle eval of the shipped editor to its model card",
+                        description="Log the figures of `editsynth eval --oracle --editor shapes --out EVAL` for the "
+                                    "shipped editor as it is (a new default setting, say) and rewrite the model card.")
+    p.add_argument("--eval", required=True, help="the folder holding oracle_edit.json (EVAL)")
+    p.add_argument("--note", required=True, help="what this evaluation is, e.g. the command that made it")
+    p.set_defaults(func=_log_editor_eval)
     p = ssub.add_parser("adopt-decoder", help="give a trained editor the decoder of a decoder-only fine-tuned VAE",
                         description="Replace the VAE of the editor in EDITOR (a diffusers folder) by --vae (default: "
                                     "the shipped T2I's), after checking that both encode identically, so that "

@@ -482,6 +482,12 @@ def publish_editor(trained: str | Path, evaluation: str | Path | None = None) ->
     _drop_local_paths(SHIPPED_EDITOR)
     for name in ("README.md", "editsynth_train.json"):
         shutil.copyfile(trained / name, SHIPPED_EDITOR / name)
+    # The guidance the old editor was tuned to says nothing of the new one: its own, or none.
+    from model.loading import EDIT_CONFIG_FILE
+
+    (SHIPPED_EDITOR / EDIT_CONFIG_FILE).unlink(missing_ok=True)
+    if (trained / EDIT_CONFIG_FILE).is_file():
+        shutil.copyfile(trained / EDIT_CONFIG_FILE, SHIPPED_EDITOR / EDIT_CONFIG_FILE)
     row = {"step": info["steps"], "minutes": round(info["seconds_total"] / 60, 1), "device": info["device"],
            "world_size": info["world_size"], "effective_batch": info["effective_batch"], "data": info["data"],
            "final_loss": info["final_loss"]}
@@ -497,19 +503,35 @@ def publish_editor(trained: str | Path, evaluation: str | Path | None = None) ->
         row.update({"retrained_from_steps": total_steps - info["steps"], "total_steps": total_steps,
                     "total_minutes": round(total_seconds / 60, 1)})
     if evaluation is not None:
-        from model.evaluate import ORACLE_FILE
-
-        figures = json.loads((Path(evaluation) / ORACLE_FILE).read_text())
-        row.update({k: round(v, 4) for k, v in figures.items() if isinstance(v, float) and not k.endswith("scale")
-                    and k != "seconds"})
-        row["settings"] = (f"{figures['num_scenes']} held-out rendered scenes, {figures['steps']} steps, "
-                           f"text/image guidance {figures['text_guidance_scale']}/{figures['image_guidance_scale']}, "
-                           f"SDEdit strength {figures['sdedit_strength']}"
-                           + (f", sampler {figures['scheduler']}" if "scheduler" in figures else ""))
-        if figures.get("image_guidance_sweep"):
-            best = max(figures["image_guidance_sweep"], key=lambda p: p["edit_correct"])
-            row["sweep_best"] = (f"s_T {best.get('text_guidance_scale', figures['text_guidance_scale'])} / "
-                                 f"s_I {best['image_guidance_scale']}: edit {best['edit_accuracy']:.3f}, "
-                                 f"kept {best['preservation']:.3f}, both {best['edit_correct']:.3f}")
+        row.update(_oracle_row(evaluation))
     _log("editor", row)
     return SHIPPED_EDITOR
+
+
+def _oracle_row(evaluation: str | Path) -> dict:
+    """The model card's columns from an `editsynth eval --oracle` folder."""
+    from model.evaluate import ORACLE_FILE
+
+    figures = json.loads((Path(evaluation) / ORACLE_FILE).read_text())
+    row = {k: round(v, 4) for k, v in figures.items() if isinstance(v, float) and not k.endswith("scale")
+           and k != "seconds"}
+    row["settings"] = (f"{figures['num_scenes']} held-out rendered scenes, {figures['steps']} steps, "
+                       f"text/image guidance {figures['text_guidance_scale']}/{figures['image_guidance_scale']}"
+                       + (" (its edit_config.json)" if figures.get("guidance_from") == "edit_config.json" else "")
+                       + f", SDEdit strength {figures['sdedit_strength']}"
+                       + (f", sampler {figures['scheduler']}" if "scheduler" in figures else ""))
+    if figures.get("image_guidance_sweep"):
+        best = max(figures["image_guidance_sweep"], key=lambda p: p["edit_correct"])
+        row["sweep_best"] = (f"s_T {best.get('text_guidance_scale', figures['text_guidance_scale'])} / "
+                             f"s_I {best['image_guidance_scale']}: edit {best['edit_accuracy']:.3f}, "
+                             f"kept {best['preservation']:.3f}, both {best['edit_correct']:.3f}")
+    return row
+
+
+def log_shipped_editor_eval(evaluation: str | Path, note: str) -> dict:
+    """Add an oracle eval of the shipped editor (unchanged weights: a new setting, say) to its log
+    as a row with an ``evaluation`` note, and rewrite the model card."""
+    info = json.loads((SHIPPED_EDITOR / "editsynth_train.json").read_text())
+    row = {"step": info["steps"], "evaluation": note, **_oracle_row(evaluation)}
+    _log("editor", row)
+    return row

@@ -101,3 +101,23 @@ def editor_server(tiny_editor_dir, tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
+
+
+@pytest.fixture
+def editor_passes(monkeypatch):
+    """Every editor pass model.evaluate makes, as (instructions, s_T, s_I), in order."""
+    from model import evaluate
+
+    passes = []
+    real_edit_batch = evaluate.edit_batch
+
+    def recording(editor, inputs, instructions, steps, s_text, s_img, *rest):
+        passes.append((list(instructions), s_text, s_img))
+        return real_edit_batch(editor, inputs, instructions, steps, s_text, s_img, *rest)
+
+    monkeypatch.setattr(evaluate, "edit_batch", recording)
+    return passes
+
+
+def scales_of(passes) -> list[tuple[float, float]]:
+    return [(s_text, s_img) for _, s_text, s_img in passes]

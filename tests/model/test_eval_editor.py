@@ -9,6 +9,7 @@ from PIL import Image
 
 import editsynth_cli
 from model import evaluate as E
+from tests.model.conftest import scales_of
 from tests.model.train_helpers import shapes_pairs, write_shards
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -72,17 +73,10 @@ def test_oracle_eval_judges_editor_sdedit_and_identity_per_edit_kind(tmp_path, t
     assert (tmp_path / "oracle_examples.png").exists()
 
 
-def test_oracle_eval_sweeps_image_and_text_guidance_beside_the_headline_setting(tmp_path, tiny_editor_dir, monkeypatch):
+def test_oracle_eval_sweeps_image_and_text_guidance_beside_the_headline_setting(tmp_path, tiny_editor_dir,
+                                                                                editor_passes):
     from datagen.config import load_config
 
-    scales = []
-    real_edit_batch = E.edit_batch
-
-    def recording(editor, inputs, instructions, steps, s_text, s_img, *rest):
-        scales.append((s_text, s_img))
-        return real_edit_batch(editor, inputs, instructions, steps, s_text, s_img, *rest)
-
-    monkeypatch.setattr(E, "edit_batch", recording)
     cfg = load_config("shapes", ["train.eval.oracle_num_scenes=3", "train.eval.steps=2",
                                  "train.eval.oracle_text_guidance=7.5", "train.eval.oracle_image_guidance=1.5",
                                  "train.eval.oracle_image_guidance_sweep=[1.5,3.0]",
@@ -90,7 +84,7 @@ def test_oracle_eval_sweeps_image_and_text_guidance_beside_the_headline_setting(
                                  "train.eval.oracle_seen_phrasing=false"]).train.eval
     result = E.evaluate_oracle(str(tiny_editor_dir), cfg, tmp_path, base_model=None)
     # The headline setting is edited once and reused; each other scale is one more editor pass.
-    assert scales == [(7.5, 1.5), (7.5, 3.0)]
+    assert scales_of(editor_passes) == [(7.5, 1.5), (7.5, 3.0)]
     sweep = result["image_guidance_sweep"]
     assert [(p["text_guidance_scale"], p["image_guidance_scale"]) for p in sweep] == [(7.5, 1.5), (7.5, 3.0)]
     assert {k: sweep[0][k] for k in ("edit_accuracy", "preservation", "edit_correct")} == \
@@ -98,9 +92,10 @@ def test_oracle_eval_sweeps_image_and_text_guidance_beside_the_headline_setting(
     assert all(0.0 <= p[k] <= 1.0 for p in sweep for k in ("edit_accuracy", "preservation", "edit_correct"))
 
     # A text-scale sweep multiplies it: every image scale at every text scale.
-    scales.clear()
+    editor_passes.clear()
     cfg = cfg.model_copy(update={"oracle_text_guidance_sweep": [7.5, 4.0]})
     result = E.evaluate_oracle(str(tiny_editor_dir), cfg, tmp_path, base_model=None)
+    scales = scales_of(editor_passes)
     assert scales == [(7.5, 1.5), (7.5, 3.0), (4.0, 1.5), (4.0, 3.0)]
     assert [(p["text_guidance_scale"], p["image_guidance_scale"]) for p in result["image_guidance_sweep"]] == scales
 
@@ -220,7 +215,7 @@ def test_eval_compare_pairs_the_same_scenes_verdict_by_verdict(tmp_path, tiny_ed
     assert "| s_T 7.5 / s_I 1.5 |" in out and "Scene by scene" not in out
 
 
-def test_oracle_eval_judges_the_same_edits_worded_as_in_training(tmp_path, tiny_editor_dir, monkeypatch):
+def test_oracle_eval_judges_the_same_edits_worded_as_in_training(tmp_path, tiny_editor_dir, editor_passes):
     import re
 
     from datagen.config import load_config
@@ -231,19 +226,13 @@ def test_oracle_eval_judges_the_same_edits_worded_as_in_training(tmp_path, tiny_
                     if key.startswith(kind) for t in grammar.templates(key, held_out)]
         return any(re.fullmatch(p, instruction) for p in patterns)
 
-    passes = []
-    real_edit_batch = E.edit_batch
-
-    def recording(editor, inputs, instructions, steps, s_text, s_img, *rest):
-        passes.append((list(instructions), s_text, s_img))
-        return real_edit_batch(editor, inputs, instructions, steps, s_text, s_img, *rest)
-
-    monkeypatch.setattr(E, "edit_batch", recording)
     cfg = load_config("shapes", ["train.eval.oracle_num_scenes=7", "train.eval.steps=2",
                                  "train.eval.oracle_image_guidance_sweep=[]"]).train.eval
     result = E.evaluate_oracle(str(tiny_editor_dir), cfg, tmp_path, base_model=None)
-    (held, *headline), (seen, *again) = passes
-    assert headline == again == [cfg.oracle_text_guidance, cfg.oracle_image_guidance]
+    (held, *headline), (seen, *again) = editor_passes
+    # The tiny editor has no edit_config.json: the paper's scales, said so.
+    assert headline == again == [7.5, 1.5] == [result["text_guidance_scale"], result["image_guidance_scale"]]
+    assert result["guidance_from"] == "paper"
     # One edit per scene each time, the same edits: only the wording differs.
     kinds = [t.edit_kind for t in E.heldout_triples(7, cfg.seed)]
     assert all(phrased_by(i, k, held_out=True) and not phrased_by(i, k, held_out=False) for i, k in zip(held, kinds))
@@ -261,6 +250,38 @@ def test_heldout_triples_are_balanced_and_never_from_training_seeds():
     kinds = [t.edit_kind for t in triples]
     assert all(kinds.count(k) == 2 for k in grammar.EDIT_KINDS)
     assert [t.instruction for t in E.heldout_triples(14, seed=0)] == [t.instruction for t in triples]
+
+
+def test_validation_scenes_are_others_than_the_test_scenes():
+    test, validation = E.heldout_triples(70, seed=0), E.heldout_triples(70, seed=0, scenes="validation")
+    assert [t.edit_kind for t in test] == [t.edit_kind for t in validation]     # balanced alike
+    pairs = lambda ts: {(t.input_caption, t.instruction) for t in ts}  # noqa: E731
+    assert len(pairs(test) & pairs(validation)) < 5      # a chance repeat of a small scene at most
+    with pytest.raises(ValueError, match="unknown held-out scenes 'train'"):
+        E.heldout_triples(1, scenes="train")
+
+
+def test_oracle_eval_on_validation_scenes_with_an_sdedit_strength_sweep(tmp_path, tiny_editor_dir, tiny_sd_dir):
+    from datagen.config import load_config
+
+    cfg = load_config("shapes", ["train.eval.oracle_num_scenes=3", "train.eval.steps=2",
+                                 "train.eval.oracle_scenes=validation", "train.eval.oracle_seen_phrasing=false",
+                                 "train.eval.oracle_image_guidance_sweep=[1.5,3]",
+                                 "train.eval.oracle_text_guidance_sweep=[]",
+                                 "train.eval.oracle_sdedit_strength_sweep=[0.5,0.6]"]).train.eval
+    result = E.evaluate_oracle(str(tiny_editor_dir), cfg, tmp_path, base_model=str(tiny_sd_dir))
+    assert result["scenes"] == "validation"
+    # The headline strength once, then each other: the headline's row is the sdedit_* keys.
+    sweep = result["sdedit_strength_sweep"]
+    assert [p["sdedit_strength"] for p in sweep] == [0.6, 0.5]
+    assert {k: sweep[0][k] for k in E.ORACLE_RATES} == {k: result["sdedit_" + k] for k in E.ORACLE_RATES}
+    chosen = E.choose_guidance(result)
+    assert (chosen["text_guidance"], chosen["image_guidance"]) in {(7.5, 1.5), (7.5, 3.0)}
+    assert chosen["sdedit_strength"] in {0.5, 0.6}
+    # Validation and test evals of the same editor are not the same scenes: no scene-by-scene pairing.
+    test = E.evaluate_oracle(str(tiny_editor_dir), cfg.model_copy(update={"oracle_scenes": "test"}),
+                             tmp_path / "test", base_model=None)
+    assert all(p[1] is None for _, p in E.compare_oracle([test, result])["paired"])
 
 
 def test_oracle_eval_of_a_missing_shipped_editor_says_how_to_get_one(tmp_path, monkeypatch):

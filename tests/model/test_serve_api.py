@@ -32,6 +32,7 @@ def test_health_model_info_and_openapi_docs(editor_server):
     info = httpx.get(f"{url}/api/model").json()
     assert info["resolution"] == 32 and info["size_multiple"] == 4 and info["device"] == "cpu"
     assert info["defaults"]["steps"] == 3 and info["max_pixels"] == 4_000_000
+    assert (info["defaults"]["text_guidance"], info["defaults"]["image_guidance"]) == (7.5, 1.5)  # no edit_config
     paths = httpx.get(f"{url}/openapi.json").json()["paths"]
     assert {"/api/edit", "/api/edit/json", "/api/health", "/api/model"} <= set(paths)
     assert httpx.get(f"{url}/docs").status_code == 200

@@ -228,6 +228,15 @@ def test_a_trained_editor_is_published_as_shapes_with_its_oracle_figures(tmp_pat
     with pytest.raises(FileNotFoundError, match="not a finished"):
         shapes_train.publish_editor(tmp_path / "eval")
 
+    # Tuned to its own guidance, the shipped one is judged again and logged as an evaluation.
+    (shipped / "editor" / "edit_config.json").write_text('{"text_guidance": 6.0, "image_guidance": 3.0}')
+    E.evaluate_oracle("shapes", eval_cfg, tmp_path / "tuned", base_model=str(tiny_sd_dir))
+    row = shapes_train.log_shipped_editor_eval(tmp_path / "tuned", "at its own guidance")
+    logged = json.loads((shipped / "editor.log.jsonl").read_text().splitlines()[-1])
+    assert logged == {"time": logged["time"], **row}
+    assert row["step"] == 3 and row["evaluation"] == "at its own guidance"
+    assert "text/image guidance 6.0/3.0 (its edit_config.json)" in row["settings"]
+
     # Retraining the shipped editor on more data: the new one records its chain, SDEdit still
     # compares against the Stable Diffusion at the root, and publishing it (over its own base)
     # keeps the whole history.
@@ -241,6 +250,7 @@ def test_a_trained_editor_is_published_as_shapes_with_its_oracle_figures(tmp_pat
     shapes_train.publish_editor(tmp_path / "again")
     row = json.loads((shipped / "editor.log.jsonl").read_text().splitlines()[-1])
     assert (row["step"], row["retrained_from_steps"], row["total_steps"]) == (2, 3, 5)
+    assert not (shipped / "editor" / "edit_config.json").exists()     # the old one's tuning is not the new one's
     assert E.base_model_of("shapes", "fallback") == str(tiny_sd_dir)
 
 
