@@ -110,25 +110,26 @@ def run_edit_config(args) -> int:
     from model.evaluate import NotForChoosing, choose_guidance
     from model.loading import EDIT_CONFIG_FILE
 
-    path = oracle_eval_file(args.source)
-    if not path.is_file():
-        raise FileNotFoundError(f"no oracle eval at {path} (made by `editsynth eval --oracle --out DIR`)")
-    result = json.loads(path.read_text())
+    paths = [oracle_eval_file(p) for p in args.sources]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"no oracle eval at {', '.join(missing)} (made by `editsynth eval --oracle --out DIR`)")
+    results = [json.loads(p.read_text()) for p in paths]
     directory = Path(resolve_model(args.editor, "editor"))
     if not (directory / "model_index.json").is_file():
         raise FileNotFoundError(f"{directory} is not a local editor directory (no model_index.json)")
     try:
-        chosen = choose_guidance(result)
+        chosen = choose_guidance(results)
     except NotForChoosing as e:
-        print(f"editsynth edit-config: {path}: {e}", file=sys.stderr)
+        print(f"editsynth edit-config: {', '.join(map(str, paths))}: {e}", file=sys.stderr)
         return 2
-    evaluated = result.get("editor", "")
+    evaluated = results[0].get("editor", "")
     if evaluated and Path(resolve_model(evaluated, "editor")).resolve() != directory.resolve():
-        print(f"editsynth edit-config: note: {path} evaluated {evaluated!r}, not {args.editor!r}", file=sys.stderr)
+        print(f"editsynth edit-config: note: the evals judged {evaluated!r}, not {args.editor!r}", file=sys.stderr)
     config = {"text_guidance": chosen["text_guidance"], "image_guidance": chosen["image_guidance"],
               "chosen_by": "the most edits made with everything else kept (the oracle's edit_correct) over "
-                           "the guidance sweep of an oracle eval on validation scenes",
-              "chosen_on": {"eval": str(path), "editor": evaluated, **{k: result.get(k) for k in (
+                           "the guidance sweeps of oracle evals on validation scenes",
+              "chosen_on": {"evals": [str(p) for p in paths], "editor": evaluated, **{k: results[0].get(k) for k in (
                   "scenes", "num_scenes", "seed", "steps", "scheduler")}, **chosen["validation"]}}
     (directory / EDIT_CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n")
     v = chosen["validation"]
@@ -229,7 +230,8 @@ def register(sub) -> None:
                                    "to EDITOR/edit_config.json: `edit`, `serve` and `eval` then use it unless "
                                    "told otherwise. Refuses evals of the test scenes.")
     g.add_argument("editor", help="a local editor directory, or 'shapes' (the shipped one)")
-    g.add_argument("--from", dest="source", required=True,
+    g.add_argument("--from", dest="sources", required=True, action="append", metavar="EVAL",
                    help="the eval folder (or its oracle_edit.json) of `editsynth eval --oracle --set "
-                        "train.eval.oracle_scenes=validation` with a guidance sweep")
+                        "train.eval.oracle_scenes=validation` with a guidance sweep; repeat to pool the "
+                        "sweeps of several evals of the same scenes")
     g.set_defaults(func=reported("edit-config", run_edit_config))

@@ -404,14 +404,19 @@ class NotForChoosing(ValueError):
     """An oracle eval that settings must not be chosen on (test scenes, or no sweep)."""
 
 
-def choose_guidance(result: dict) -> dict:
-    """The (s_T, s_I) of an oracle eval's sweep that makes the most edits while keeping everything
+def choose_guidance(results: Sequence[dict]) -> dict:
+    """The (s_T, s_I) of the oracle evals' sweeps that makes the most edits while keeping everything
     else ("both"; ties: more edits, then more kept), and SDEdit's best strength likewise when it was
-    swept. Only on validation scenes: a setting chosen on the test scenes would flatter them."""
-    if result.get("scenes", "test") != "validation":
+    swept. Several evals of the same editor and scenes pool their sweeps (a grid widened where its
+    best lay on the edge). Only on validation scenes: a setting chosen on the test scenes would
+    flatter them."""
+    if any(r.get("scenes", "test") != "validation" for r in results):
         raise NotForChoosing("this eval judged the test scenes; choose on the validation scenes "
                              "(`editsynth eval --oracle --set train.eval.oracle_scenes=validation ...`)")
-    points = result.get("image_guidance_sweep") or []
+    alike = ("editor", "num_scenes", "seed", "steps", "scheduler")
+    if any(r.get(k) != results[0].get(k) for r in results for k in alike):
+        raise NotForChoosing(f"these evals differ in {' or '.join(alike)}: their sweeps cannot be pooled")
+    points = [p for r in results for p in r.get("image_guidance_sweep") or []]
     if not points:
         raise NotForChoosing("this eval has no guidance sweep to choose from "
                              "(--set train.eval.oracle_image_guidance_sweep=[...])")
@@ -419,7 +424,7 @@ def choose_guidance(result: dict) -> dict:
     best = max(points, key=rank)
     chosen = {"text_guidance": best["text_guidance_scale"], "image_guidance": best["image_guidance_scale"],
               "validation": {k: best[k] for k in ORACLE_RATES}}
-    sdedit = result.get("sdedit_strength_sweep") or []
+    sdedit = [p for r in results for p in r.get("sdedit_strength_sweep") or []]
     if sdedit:
         best_sd = max(sdedit, key=rank)
         chosen["sdedit_strength"] = best_sd["sdedit_strength"]

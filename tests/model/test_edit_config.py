@@ -46,17 +46,23 @@ def test_open_scales_come_from_the_editor_else_the_paper_and_given_ones_stay():
 def test_choosing_takes_the_most_edits_kept_on_validation_scenes_only():
     result = oracle_eval(sweep=[(7.5, 1.5, .70, .75, .55), (7.5, 4.0, .68, .86, .60), (4.0, 4.0, .62, .93, .60)],
                          sdedit=[(0.4, .50, .99, .50), (0.6, .80, .97, .78)])
-    chosen = E.choose_guidance(result)
+    chosen = E.choose_guidance([result])
     # Both 4.0 settings keep as many edits; the one that makes more of them wins the tie.
     assert (chosen["text_guidance"], chosen["image_guidance"]) == (7.5, 4.0)
     assert chosen["validation"] == {"edit_accuracy": .68, "preservation": .86, "edit_correct": .60}
     assert chosen["sdedit_strength"] == 0.6
+    # A second eval of the same scenes widens the grid beyond its edge.
+    wider = oracle_eval(sweep=[(7.5, 6.0, .66, .92, .62)], sdedit=[(0.9, .9, .95, .86)])
+    chosen = E.choose_guidance([result, wider])
+    assert (chosen["image_guidance"], chosen["sdedit_strength"]) == (6.0, 0.9)
+    with pytest.raises(E.NotForChoosing, match="cannot be pooled"):
+        E.choose_guidance([result, {**wider, "steps": 50}])
     with pytest.raises(E.NotForChoosing, match="test scenes"):
-        E.choose_guidance({**result, "scenes": "test"})
+        E.choose_guidance([result, {**wider, "scenes": "test"}])
     with pytest.raises(E.NotForChoosing, match="test scenes"):
-        E.choose_guidance({k: v for k, v in result.items() if k != "scenes"})   # evals before "scenes"
+        E.choose_guidance([{k: v for k, v in result.items() if k != "scenes"}])   # evals before "scenes"
     with pytest.raises(E.NotForChoosing, match="no guidance sweep"):
-        E.choose_guidance(oracle_eval())
+        E.choose_guidance([oracle_eval()])
 
 
 def test_edit_config_command_writes_what_load_editor_reads(own_editor_dir, tmp_path, capsys):

@@ -275,7 +275,7 @@ def test_oracle_eval_on_validation_scenes_with_an_sdedit_strength_sweep(tmp_path
     sweep = result["sdedit_strength_sweep"]
     assert [p["sdedit_strength"] for p in sweep] == [0.6, 0.5]
     assert {k: sweep[0][k] for k in E.ORACLE_RATES} == {k: result["sdedit_" + k] for k in E.ORACLE_RATES}
-    chosen = E.choose_guidance(result)
+    chosen = E.choose_guidance([result])
     assert (chosen["text_guidance"], chosen["image_guidance"]) in {(7.5, 1.5), (7.5, 3.0)}
     assert chosen["sdedit_strength"] in {0.5, 0.6}
     # Validation and test evals of the same editor are not the same scenes: no scene-by-scene pairing.
