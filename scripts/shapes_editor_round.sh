@@ -9,7 +9,7 @@
 # Every step resumes when run again (datasets by shard, training from its last checkpoint); the
 # generate logs (runs/logs/genSEED.log) are appended to.
 # On 2 cores: a dataset takes about 20 min on one core in bfloat16, 30-40 in float32 (LANES at a
-# time, default one per core); 5,000 steps 45-63 min; each oracle eval about 7 min. What has
+# time, default one per core); 5,000 steps 45-63 min; each oracle eval of the test scenes about 15 min. What has
 # helped: more distinct pairs than the shipped editor's own run saw (`data_pairs` in its
 # editsynth_train.json), so the retrain refuses fewer (train.min_pairs) unless MIN_PAIRS says
 # otherwise (MIN_PAIRS=0: no floor). A round longer than a session: RENDER_ONLY=1 renders the
@@ -77,8 +77,14 @@ fi
   --set train.base_model=datagen/shapes/weights/editor --set train.batch_size=32 \
   --set train.snr_gamma=5 --set train.lr_warmup_steps=100 --set train.lr_scheduler=cosine \
   --set train.max_steps="$STEPS" --set train.min_pairs="$MIN_PAIRS"
+# Its own guidance, chosen on the validation scenes as the shipped one's was (about 20 min), then
+# the test scenes at it (edit_config.json; the sweep keeps the paper's setting).
+"$VENV/bin/editsynth" eval --oracle --pipeline shapes --editor "$OUT" --out "$OUT-val" \
+  --set train.eval.oracle_scenes=validation --set train.eval.oracle_seen_phrasing=false \
+  --set 'train.eval.oracle_text_guidance_sweep=[7.5,10]' --set 'train.eval.oracle_image_guidance_sweep=[1.5,2.5,4,5,6,8]'
+"$VENV/bin/editsynth" edit-config "$OUT" --from "$OUT-val"
 "$VENV/bin/editsynth" eval --oracle --pipeline shapes --editor "$OUT" --out "$OUT-eval"
 # Judged again each round, not cached: the shipped editor may have changed since.
 "$VENV/bin/editsynth" eval --oracle --pipeline shapes --editor shapes --out runs/eval-editor-shipped
 "$VENV/bin/editsynth" eval-compare runs/eval-editor-shipped "$OUT-eval" | tee "$OUT-eval/compare.md"
-echo "if it is better: editsynth shapes publish-editor $OUT --eval $OUT-eval"
+echo "if it is better: editsynth shapes publish-editor $OUT --eval $OUT-eval   (ships its edit_config.json too)"
