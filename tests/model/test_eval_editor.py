@@ -145,10 +145,10 @@ def test_eval_compare_puts_oracle_evals_side_by_side(tmp_path, tiny_editor_dir, 
     rows = dict(table["rows"])
     triple = lambda d, p="": tuple(d[p + k] for k in ("edit_accuracy", "preservation", "edit_correct"))  # noqa: E731
     assert list(rows) == ["s_T 7.5 / s_I 1.5", "s_T 7.5 / s_I 3", "worded as in training (headline setting)",
-                          "SDEdit (strength 0.6)"]
+                          f"SDEdit (strength {swept.oracle_sdedit_strength})"]
     assert rows["s_T 7.5 / s_I 1.5"] == [triple(a), triple(b)]
     assert rows["s_T 7.5 / s_I 3"] == [triple(a["image_guidance_sweep"][1]), None]   # b did not judge it
-    assert rows["SDEdit (strength 0.6)"] == [triple(a, "sdedit_"), None]
+    assert rows[f"SDEdit (strength {swept.oracle_sdedit_strength})"] == [triple(a, "sdedit_"), None]
     assert table["mean_both"] == [pytest.approx((a["image_guidance_sweep"][0]["edit_correct"]
                                                  + a["image_guidance_sweep"][1]["edit_correct"]) / 2), None]
     assert table["standard_error"] == pytest.approx(0.5 / 7 ** 0.5)
@@ -268,6 +268,7 @@ def test_oracle_eval_on_validation_scenes_with_an_sdedit_strength_sweep(tmp_path
                                  "train.eval.oracle_scenes=validation", "train.eval.oracle_seen_phrasing=false",
                                  "train.eval.oracle_image_guidance_sweep=[1.5,3]",
                                  "train.eval.oracle_text_guidance_sweep=[]",
+                                 "train.eval.oracle_sdedit_strength=0.6",
                                  "train.eval.oracle_sdedit_strength_sweep=[0.5,0.6]"]).train.eval
     result = E.evaluate_oracle(str(tiny_editor_dir), cfg, tmp_path, base_model=str(tiny_sd_dir))
     assert result["scenes"] == "validation"
