@@ -481,8 +481,8 @@ def evaluate_oracle(editor_model: str, cfg: EvalConfig, out: str | Path, base_mo
         "editor": editor_model, "base_model": base_model, "image_size": image_size, "steps": cfg.steps,
         "scheduler": cfg.scheduler,
         "text_guidance_scale": cfg.oracle_text_guidance, "image_guidance_scale": cfg.oracle_image_guidance,
-        "guidance_from": guidance_from, "sdedit_strength": cfg.oracle_sdedit_strength, "seed": cfg.seed, "scenes": cfg.oracle_scenes,
-        "device": str(dev), "seconds": round(time.time() - started, 2),
+        "guidance_from": guidance_from, "sdedit_strength": cfg.oracle_sdedit_strength, "seed": cfg.seed,
+        "scenes": cfg.oracle_scenes, "device": str(dev), "seconds": round(time.time() - started, 2),
     })
     if sweep:
         result["image_guidance_sweep"] = sweep
@@ -560,7 +560,8 @@ def evaluate_oracle_pairs(editor_model: str, data: str, split: str, cfg: EvalCon
     result.update({
         "editor": editor_model, "data": data, "split": split, "steps": cfg.steps, "scheduler": cfg.scheduler,
         "text_guidance_scale": cfg.oracle_text_guidance, "image_guidance_scale": cfg.oracle_image_guidance,
-        "guidance_from": guidance_from, "seed": cfg.seed, "device": str(resolve_device(device)), "seconds": round(time.time() - started, 2),
+        "guidance_from": guidance_from, "seed": cfg.seed, "device": str(resolve_device(device)),
+        "seconds": round(time.time() - started, 2),
     })
     if sweep:
         result["image_guidance_sweep"] = sweep
