@@ -79,6 +79,10 @@ def run_edit(args) -> int:
     try:
         settings = _settings(args, seed=args.seed, batch_size=args.batch_size)
         editor = load_editor(args.model, device=args.device, dtype=args.dtype, compile_mode=args.compile)
+        settings = settings.for_editor(editor)
+        own = "the model's edit_config.json" if editor.edit_defaults else "the paper's defaults"
+        print(f"guidance: s_T {settings.text_guidance:g} / s_I {settings.image_guidance:g} "
+              f"(unless given: {own})")
         report = edit_files(editor, source, output, args.instructions, settings, args.variations, args.overwrite)
     except (EditorLoadError, FileNotFoundError, NotADirectoryError, ValueError) as e:
         print(f"editsynth edit: error: {e}", file=sys.stderr)

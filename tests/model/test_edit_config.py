@@ -82,6 +82,25 @@ def test_edit_config_command_writes_what_load_editor_reads(own_editor_dir, tmp_p
     assert json.loads((own_editor_dir / EDIT_CONFIG_FILE).read_text()) == written
 
 
+def test_edit_says_which_guidance_it_used_and_the_editors_own_applies(own_editor_dir, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from model.cli_edit import main
+
+    src = tmp_path / "in.png"
+    Image.fromarray((np.random.RandomState(0).rand(32, 32, 3) * 255).astype(np.uint8)).save(src)
+    edit = lambda *extra: main(["edit", str(src), "make it red", "-o", str(tmp_path / "out.png"), "--overwrite",  # noqa: E731
+                                "--model", str(own_editor_dir), "--steps", "2", "--device", "cpu", *extra])
+    assert edit() == 0 and "s_T 7.5 / s_I 1.5 (unless given: the paper's defaults)" in capsys.readouterr().out
+    paper = np.asarray(Image.open(tmp_path / "out.png"))
+    (own_editor_dir / EDIT_CONFIG_FILE).write_text(json.dumps({"image_guidance": 4.0}))
+    assert edit() == 0 and "s_T 7.5 / s_I 4 (unless given: the model's edit_config.json)" in capsys.readouterr().out
+    own = np.asarray(Image.open(tmp_path / "out.png"))
+    assert edit("--image-guidance", "1.5") == 0 and "s_I 1.5" in capsys.readouterr().out
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), paper) and not np.array_equal(own, paper)
+
+
 def test_a_broken_edit_config_names_the_file(own_editor_dir):
     (own_editor_dir / EDIT_CONFIG_FILE).write_text('{"image_guidance": "lots"}')
     with pytest.raises(EditorLoadError, match=f"{EDIT_CONFIG_FILE}: not a valid edit config"):
