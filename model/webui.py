@@ -110,10 +110,11 @@ def build_ui(worker, config, resolution: int):
                     undo_button = gr.Button("Undo", elem_id="undo-button")
                     reset = gr.Button("Start over", elem_id="reset-button")
                 with gr.Row():
-                    text_guidance = gr.Slider(0, 20, value=defaults.text_guidance, step=0.1,
-                                              label="Text guidance", elem_id="text-guidance")
-                    image_guidance = gr.Slider(0, 5, value=defaults.image_guidance, step=0.05,
-                                               label="Image guidance", elem_id="image-guidance")
+                    # Ranges that hold the editor's own defaults (edit_config.json) with room above.
+                    text_guidance = gr.Slider(0, max(20, 2 * defaults.text_guidance), value=defaults.text_guidance,
+                                              step=0.1, label="Text guidance", elem_id="text-guidance")
+                    image_guidance = gr.Slider(0, max(5, 2 * defaults.image_guidance), value=defaults.image_guidance,
+                                               step=0.05, label="Image guidance", elem_id="image-guidance")
                 with gr.Row():
                     steps = gr.Slider(1, config.max_steps, value=min(defaults.steps, config.max_steps), step=1,
                                       label="Steps", elem_id="steps")

@@ -128,6 +128,12 @@ def test_eval_headline_and_served_defaults_follow_the_editors_own_guidance(own_e
                                tmp_path / "given", base_model=None)
     assert scales_of(editor_passes)[-1] == (5.0, 1.5) and result["guidance_from"] == "edit_config.json"
 
-    app = create_app(load_editor(str(own_editor_dir), device="cpu"), ServeConfig(), with_ui=False)
-    defaults = TestClient(app).get("/api/model").json()["defaults"]
-    assert (defaults["text_guidance"], defaults["image_guidance"]) == (5.0, 3.0)
+    (own_editor_dir / EDIT_CONFIG_FILE).write_text(json.dumps({"text_guidance": 5.0, "image_guidance": 6.0}))
+    client = TestClient(create_app(load_editor(str(own_editor_dir), device="cpu"), ServeConfig()))
+    defaults = client.get("/api/model").json()["defaults"]
+    assert (defaults["text_guidance"], defaults["image_guidance"]) == (5.0, 6.0)
+    # The UI's sliders start there, and their ranges hold it (the paper's s_I range ends at 5).
+    sliders = {c["props"].get("elem_id"): c["props"] for c in client.get("/ui/config").json()["components"]
+               if c.get("type") == "slider"}
+    assert sliders["text-guidance"]["value"] == 5.0
+    assert sliders["image-guidance"]["value"] == 6.0 <= sliders["image-guidance"]["maximum"]
