@@ -123,14 +123,13 @@ def run_edit_config(args) -> int:
     except NotForChoosing as e:
         print(f"editsynth edit-config: {', '.join(map(str, paths))}: {e}", file=sys.stderr)
         return 2
-    evaluated = results[0].get("editor", "")
+    evaluated = chosen["judged"]["editor"]
     if evaluated and Path(resolve_model(evaluated, "editor")).resolve() != directory.resolve():
         print(f"editsynth edit-config: note: the evals judged {evaluated!r}, not {args.editor!r}", file=sys.stderr)
     config = {"text_guidance": chosen["text_guidance"], "image_guidance": chosen["image_guidance"],
               "chosen_by": "the most edits made with everything else kept (the oracle's edit_correct) over "
                            "the guidance sweeps of oracle evals on validation scenes",
-              "chosen_on": {"evals": [str(p) for p in paths], "editor": evaluated, **{k: results[0].get(k) for k in (
-                  "scenes", "num_scenes", "seed", "steps", "scheduler")}, **chosen["validation"]}}
+              "chosen_on": {"evals": [str(p) for p in paths], **chosen["judged"], **chosen["validation"]}}
     (directory / EDIT_CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n")
     v = chosen["validation"]
     print(f"wrote {directory / EDIT_CONFIG_FILE}: s_T {config['text_guidance']:g} / s_I {config['image_guidance']:g} "

@@ -400,6 +400,10 @@ def compare_oracle(results: Sequence[dict]) -> dict:
     }
 
 
+# What evals must share for their sweeps to be pooled: the same editor judged on the same scenes alike.
+POOLED_ALIKE = ("editor", "num_scenes", "seed", "steps", "scheduler")
+
+
 class NotForChoosing(ValueError):
     """An oracle eval that settings must not be chosen on (test scenes, or no sweep)."""
 
@@ -413,9 +417,8 @@ def choose_guidance(results: Sequence[dict]) -> dict:
     if any(r.get("scenes", "test") != "validation" for r in results):
         raise NotForChoosing("this eval judged the test scenes; choose on the validation scenes "
                              "(`editsynth eval --oracle --set train.eval.oracle_scenes=validation ...`)")
-    alike = ("editor", "num_scenes", "seed", "steps", "scheduler")
-    if any(r.get(k) != results[0].get(k) for r in results for k in alike):
-        raise NotForChoosing(f"these evals differ in {' or '.join(alike)}: their sweeps cannot be pooled")
+    if any(r.get(k) != results[0].get(k) for r in results for k in POOLED_ALIKE):
+        raise NotForChoosing(f"these evals differ in {' or '.join(POOLED_ALIKE)}: their sweeps cannot be pooled")
     points = [p for r in results for p in r.get("image_guidance_sweep") or []]
     if not points:
         raise NotForChoosing("this eval has no guidance sweep to choose from "
@@ -423,7 +426,8 @@ def choose_guidance(results: Sequence[dict]) -> dict:
     rank = lambda p: tuple(p[k] for k in ("edit_correct", "edit_accuracy", "preservation"))  # noqa: E731
     best = max(points, key=rank)
     chosen = {"text_guidance": best["text_guidance_scale"], "image_guidance": best["image_guidance_scale"],
-              "validation": {k: best[k] for k in ORACLE_RATES}}
+              "validation": {k: best[k] for k in ORACLE_RATES},
+              "judged": {k: results[0].get(k) for k in ("scenes", *POOLED_ALIKE)}}
     sdedit = [p for r in results for p in r.get("sdedit_strength_sweep") or []]
     if sdedit:
         best_sd = max(sdedit, key=rank)
