@@ -45,7 +45,7 @@ class EditSettings:
     def __post_init__(self):
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if min(s for s in (self.text_guidance, self.image_guidance, 0) if s is not None) < 0:
+        if any(s is not None and s < 0 for s in (self.text_guidance, self.image_guidance)):
             raise ValueError(f"guidance scales must be >= 0, got text {self.text_guidance}, "
                              f"image {self.image_guidance}")
         if self.resolution is not None and self.resolution < 1:
