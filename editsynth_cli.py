@@ -1,7 +1,7 @@
 """The ``editsynth`` console command: one entry point, one subcommand per workflow.
 
-Each room registers its own subcommands (``register(subparsers)`` in its ``cli.py``), so the
-command grows with the rooms and no room reaches into another's code.
+Each package registers its own subcommands (``register(subparsers)`` in its ``cli.py``), so the
+command grows with the packages and no package reaches into another's code.
 """
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import importlib
 import logging
 import sys
 
-# Rooms that contribute subcommands, in the order --help lists them.
+# Packages that contribute subcommands, in the order --help lists them.
 CLI_MODULES = (
     "datagen.cli",            # generate
     "datagen.captions.cli",   # captions export-finetune
     "datagen.p2p.cli",        # render-one
     "datagen.filter.cli",     # refilter, audit, label, export
-    "datagen.shapes.cli",     # shapes train-t2i / train-clip / ...
+    "shapes_lab.cli",     # shapes train-t2i / train-clip / ...
     "model.cli",              # train, eval, edit, serve
 )
 
@@ -30,13 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in CLI_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:  # room not built yet
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 

@@ -8,7 +8,7 @@ import argparse
 import logging
 import sys
 
-from model.cli_train import reported, add_train_arguments, run_train
+from model.training.cli import add_train_arguments, reported, run_train
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Edit latency: our path (model.sampling.edit_images) against diffusers'
+"""Edit latency: our path (model.editor.sampling.edit_images) against diffusers'
 StableDiffusionInstructPix2PixPipeline, same model, same image, same settings, in one run.
 
     python bench/edit.py --device cpu                 # random shapes-size editor, 64 px, fp32
@@ -29,9 +29,9 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.images import fit_for_edit  # noqa: E402
-from model.loading import load_editor, resolve_device  # noqa: E402
-from model.sampling import EditSettings, edit_images  # noqa: E402
+from model.editor.images import fit_for_edit  # noqa: E402
+from model.editor.loading import load_editor, resolve_device  # noqa: E402
+from model.editor.sampling import EditSettings, edit_images  # noqa: E402
 
 INSTRUCTION = "make the circle green"
 
@@ -39,12 +39,22 @@ INSTRUCTION = "make the circle green"
 def build_random_editor(kind: str, out_dir: Path, dtype: torch.dtype) -> Path:
     """Save a randomly initialised InstructPix2Pix pipeline: 'shapes' (the shipped editor's
     architecture, 64 px) or 'sd' (Stable Diffusion v1.5's architecture, 512 px)."""
-    from diffusers import (AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline,
-                           UNet2DConditionModel)
+    from diffusers import (
+        AutoencoderKL,
+        EulerAncestralDiscreteScheduler,
+        StableDiffusionInstructPix2PixPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from datagen.shapes.models import (T2I_PRESETS, build_scheduler, build_text_encoder, build_tokenizer,
-                                       build_unet, build_vae)
+    from datagen.shapes.models import (
+        T2I_PRESETS,
+        build_scheduler,
+        build_text_encoder,
+        build_tokenizer,
+        build_unet,
+        build_vae,
+    )
 
     torch.manual_seed(0)
     if kind == "shapes":

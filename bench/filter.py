@@ -26,8 +26,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from datagen.filter.clip import load_clip  # noqa: E402
-from datagen.filter.metrics import clip_metrics  # noqa: E402
+from datagen.clip.loading import load_clip  # noqa: E402
+from datagen.clip.metrics import clip_metrics  # noqa: E402
 from datagen.filter.scorer import ClipScorer  # noqa: E402
 from datagen.records import Candidate  # noqa: E402
 

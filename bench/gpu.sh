@@ -25,7 +25,7 @@ run() {  # run NAME SECONDS CMD...: the command's output to NAME.log, its last l
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 # Fail fast (seconds, not the lease) when an import is missing.
-$py -c "import torch, diffusers, bitsandbytes, open_clip, pydantic; from model import train, editor; \
+$py -c "import torch, diffusers, bitsandbytes, open_clip, pydantic; from model.training import loop, objective; \
 from datagen.p2p import render; from datagen.filter import scorer; \
 print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'diffusers', diffusers.__version__)" || exit 3
 

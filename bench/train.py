@@ -5,7 +5,7 @@ in one run with the two steps interleaved (so machine load hits both alike). The
 step is the body of the training loop of diffusers' examples/instruct_pix2pix script: two VAE
 encodes, the text encoder for the batch AND for "" every step, conditioning dropout with a
 global generator, a loss gathered and read back (``.item()``) every step, per-tensor EMA.
-Ours is ``model.editor.editor_loss`` + the loop of ``model.train`` (one VAE pass for both
+Ours is ``model.training.objective.editor_loss`` + the loop of ``model.training.loop`` (one VAE pass for both
 images, the null text encoded once, per-sample draws, foreach EMA, fused AdamW and
 channels-last on CUDA, no per-step host sync).
 
@@ -29,9 +29,16 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from datagen.shapes.models import (T2I_PRESETS, build_scheduler, build_text_encoder, build_tokenizer,  # noqa: E402
-                                   build_unet, build_vae)
-from model import editor  # noqa: E402
+from datagen.shapes.models import (  # noqa: E402
+    T2I_PRESETS,
+    build_scheduler,
+    build_text_encoder,
+    build_tokenizer,
+    build_unet,
+    build_vae,
+)
+from model.editor.loading import encode_text, tokenize  # noqa: E402
+from model.training import objective as editor  # noqa: E402
 
 P_DROP = 0.05
 
@@ -169,9 +176,9 @@ def main(argv=None) -> dict:
     batch = {
         "original": (torch.rand(args.batch, 3, resolution, resolution, generator=g) * 2 - 1).to(device),
         "edited": (torch.rand(args.batch, 3, resolution, resolution, generator=g) * 2 - 1).to(device),
-        "input_ids": editor.tokenize(tokenizer, ["make the square red"] * args.batch).to(device),
+        "input_ids": tokenize(tokenizer, ["make the square red"] * args.batch).to(device),
     }
-    null_text = editor.encode_text(text_encoder, tokenizer, [""], device)
+    null_text = encode_text(text_encoder, tokenizer, [""], device)
     gen = torch.Generator(device=device).manual_seed(0)
     counter = [0]
 
@@ -220,7 +227,7 @@ def main(argv=None) -> dict:
     n = per_round * args.rounds * args.batch
     sps_ref, sps_ours = n / times["reference"], n / times["ours"]
     print(f"reference (diffusers train_instruct_pix2pix step): {sps_ref:8.2f} samples/s")
-    print(f"ours      (model.train step):                     {sps_ours:8.2f} samples/s")
+    print(f"ours      (model.training.loop step):                     {sps_ours:8.2f} samples/s")
     result = {
         "samples_per_s_ours": round(sps_ours, 3), "samples_per_s_reference": round(sps_ref, 3),
         "speedup": round(sps_ours / sps_ref, 3), "device": torch.cuda.get_device_name() if device.type == "cuda"

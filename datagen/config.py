@@ -7,14 +7,16 @@ Each stage owns one section class below; its defaults live in pipelines.yaml.
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_PIPELINES_FILE = PACKAGE_ROOT / "pipelines.yaml"
+# The project's pipelines.yaml, inside the package so that an installed wheel carries it
+# (datagen/pipelines.yaml is a link to the one at the top of the checkout: one file, one truth).
+DEFAULT_PIPELINES_FILE = Path(__file__).resolve().parent / "pipelines.yaml"
 
 
 class ConfigError(ValueError):
@@ -74,7 +76,7 @@ class OpenAIBackendConfig(Section):
     timeout_s: float = Field(60.0, gt=0)
     backoff_s: float = Field(1.0, ge=0)           # first retry waits ~backoff_s, then doubles
     max_backoff_s: float = Field(60.0, ge=0)
-    temperature: float = Field(0.7, ge=0, le=2)       # REFERENCE.md, Stage 1
+    temperature: float = Field(0.7, ge=0, le=2)       # the original generator's GPT-3 sampling
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(256, ge=1)
     frequency_penalty: float = Field(0.1, ge=-2, le=2)
@@ -85,7 +87,7 @@ class OpenAIBackendConfig(Section):
 
 
 class ValidationConfig(Section):
-    """REFERENCE.md rejections; each rejected caption is counted by reason in the shard stats."""
+    """The original generator's rejections (InstructPix2Pix); each rejected caption is counted by reason in the shard stats."""
 
     min_caption_chars: int = Field(3, ge=1)
     max_caption_chars: int = Field(300, ge=1)
@@ -160,7 +162,7 @@ class RenderConfig(Section):
 class FilterConfig(Section):
     clip_model: str = "ViT-L-14"  # open_clip name, "hf-hub:...", "local-dir:...", a directory, or "shapes"
     clip_pretrained: str = "openai"  # a pretrained tag or a checkpoint file (built-in names only)
-    min_sim_0: float = Field(0.2, ge=-1, le=1)    # REFERENCE.md, Stage 3
+    min_sim_0: float = Field(0.2, ge=-1, le=1)    # InstructPix2Pix's filter: sim_0, sim_1, sim_direction >= 0.2
     min_sim_1: float = Field(0.2, ge=-1, le=1)
     min_direction: float = Field(0.2, ge=-1, le=1)
     min_image: float = Field(0.75, ge=-1, le=1)
@@ -202,7 +204,7 @@ class EvalConfig(Section):
     num_examples: int = Field(100, ge=1)
     clip_model: str = "ViT-L-14"         # open_clip name, "hf-hub:...", "local-dir:...", or "shapes"
     clip_pretrained: str = "openai"
-    text_guidance_scale: float = Field(7.5, ge=0)       # REFERENCE.md, Stage 4 (evaluation)
+    text_guidance_scale: float = Field(7.5, ge=0)       # InstructPix2Pix's evaluation: s_T 7.5
     image_guidance_scales: list[float] = [1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.2]
     sdedit_strengths: list[float] = [0.3, 0.45, 0.6, 0.75, 0.9]  # the SDEdit curve: noise strength
     steps: int = Field(50, ge=1)
@@ -267,7 +269,7 @@ class TrainConfig(Section):
     adam_epsilon: float = Field(1e-8, gt=0)
     max_grad_norm: float = Field(1.0, gt=0)
     max_steps: int = Field(10000, ge=1)
-    conditioning_dropout_text: float = Field(0.05, ge=0, le=1)   # REFERENCE.md, Stage 4
+    conditioning_dropout_text: float = Field(0.05, ge=0, le=1)   # InstructPix2Pix: 5 % text, 5 % image, 5 % both
     conditioning_dropout_image: float = Field(0.05, ge=0, le=1)
     conditioning_dropout_both: float = Field(0.05, ge=0, le=1)
     snr_gamma: float | None = Field(None, gt=0)   # Min-SNR loss weighting; None: the paper's plain MSE
@@ -371,3 +373,27 @@ def load_config(
         return PipelineConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(f"invalid config for pipeline {pipeline!r}:\n" + _format_errors(e, "")) from None
+
+
+RUN_CONFIG_FILE = "config.json"   # <run>/config.json: the exact config a run was generated with
+
+
+def save_run_config(cfg: PipelineConfig, run: str | Path) -> Path:
+    path = Path(run) / RUN_CONFIG_FILE
+    path.write_text(cfg.model_dump_json(indent=1))
+    return path
+
+
+def load_run_config(run: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """The config a run was generated with (``<run>/config.json``), with ``--set`` overrides."""
+    path = Path(run) / RUN_CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {run} a run folder made by `editsynth generate`?")
+    data = json.loads(path.read_text())
+    for assignment in overrides:
+        apply_override(data, assignment)
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"invalid config for run {run} after overrides {list(overrides)}:\n"
+                          + _format_errors(e, "")) from None

@@ -105,7 +105,7 @@ class Candidate(Record):
 
 @dataclass
 class Scores(Record):
-    """Stage 3 output: the four CLIP metrics of one candidate (REFERENCE.md, Stage 3)."""
+    """Stage 3 output: the four CLIP metrics of one candidate (the InstructPix2Pix filter's)."""
 
     candidate_id: str
     triple_id: str

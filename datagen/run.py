@@ -1,6 +1,6 @@
 """Run stages 1-3 of a pipeline over the run store, on Ray, resuming what is done.
 
-A stage module (``datagen/<room>/stage.py``) exposes:
+A stage module (``datagen/<stage>/stage.py``) exposes:
   STAGE: str                                    the store folder name ("captions", ...)
   plan_shards(cfg, store) -> list[int]          every shard id the stage will write
   Worker(cfg, out)                              built once per Ray actor (loads models)
@@ -16,7 +16,7 @@ import time
 from functools import partial
 from pathlib import Path
 
-from .config import PipelineConfig
+from .config import PipelineConfig, save_run_config
 from .distribute import run_shards
 from .store import RunStore
 
@@ -65,5 +65,5 @@ def run_stage(stage: str, cfg: PipelineConfig, out: str | Path, overwrite: bool 
 
 def run_pipeline(cfg: PipelineConfig, out: str | Path, stages: list[str], overwrite: bool = False) -> dict:
     Path(out).mkdir(parents=True, exist_ok=True)
-    (Path(out) / "config.json").write_text(cfg.model_dump_json(indent=1))
+    save_run_config(cfg, out)
     return {stage: run_stage(stage, cfg, out, overwrite) for stage in stages}

@@ -1,15 +1,12 @@
-"""Subcommands of Stage 4: train and eval (cli_train), edit and serve (cli_edit)."""
+"""Subcommands of Stage 4: train (training), eval, eval-compare, edit-config (evaluation), edit and
+serve (serving)."""
 from __future__ import annotations
 
-import importlib
+from model.evaluation import cli as evaluation_cli
+from model.serving import cli as serving_cli
+from model.training import cli as training_cli
 
 
 def register(sub) -> None:
-    for name in ("model.cli_train", "model.cli_edit"):
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:
-                continue
-            raise
+    for module in (training_cli, evaluation_cli, serving_cli):
         module.register(sub)

@@ -29,7 +29,7 @@ SHIPPED_PAIRS=$("$VENV/bin/python" -c 'import json, sys; print(json.load(open(sy
 MIN_PAIRS=${MIN_PAIRS:-$((SHIPPED_PAIRS + 1))}
 # Counted over the datasets DATA names that are finished (have shards) so far.
 HAVE=$("$VENV/bin/python" -c 'import glob, sys, braceexpand
-from model.data import DataError, count_pairs, open_source
+from model.training.data import DataError, count_pairs, open_source
 parts = list(braceexpand.braceexpand(sys.argv[1]))
 ready = [p for p in parts if glob.glob(p)]
 try:

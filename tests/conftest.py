@@ -1,6 +1,6 @@
 """Session-wide fixtures: tiny models built offline from configs, and a local Ray.
 
-Rooms put their own fixtures in tests/<room>/conftest.py.
+Packages put their own fixtures in tests/<package>/conftest.py.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Two formats:
 - chat: a system prompt, few-shot user/assistant turns, a JSON reply ``{"edit", "output"}``
   constrained by a JSON schema;
-- completion: the original fine-tuned format (REFERENCE.md, Stage 1),
+- completion: the format InstructPix2Pix fine-tuned GPT-3 davinci on,
   ``prompt = input + "\\n##\\n"``, ``completion = edit + "\\n%%\\n" + output + "\\nEND"``,
   stop at ``"\\nEND"``; few-shot examples in the same format serve a base model.
 """

@@ -11,6 +11,7 @@ import random
 from pathlib import Path
 
 from datagen.config import CaptionSourceConfig, ConfigError
+from datagen.hf_datasets import DatasetOpenError, open_hf_split
 from datagen.records import SourceCaption, seed_from, stable_id
 
 log = logging.getLogger(__name__)
@@ -124,23 +125,10 @@ def _load_parquet(path: Path, column: str) -> list[str]:
 
 def _load_hf(cfg: CaptionSourceConfig) -> list[str]:
     """A dataset directory saved with ``save_to_disk``, or anything ``load_dataset`` accepts."""
-    import datasets
-
-    path = Path(cfg.path)
     try:
-        if path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists()):
-            ds = datasets.load_from_disk(str(path))
-            if isinstance(ds, datasets.DatasetDict):
-                if cfg.split not in ds:
-                    raise ConfigError(f"captions.source.split: {cfg.split!r} not in {path} (splits: {', '.join(ds)})")
-                ds = ds[cfg.split]
-        else:
-            ds = datasets.load_dataset(cfg.path, split=cfg.split)
-    except ConfigError:
-        raise
-    except Exception as e:  # the datasets library raises many kinds; all mean "cannot read it"
-        raise ConfigError(f"captions.source.path: cannot load Hugging Face dataset {cfg.path!r} "
-                          f"split {cfg.split!r}: {type(e).__name__}: {e}") from None
+        ds = open_hf_split(cfg.path, cfg.split)
+    except DatasetOpenError as e:
+        raise ConfigError(f"captions.source.{e.about}: {e}") from None
     if cfg.column not in ds.column_names:
         raise ConfigError(f"captions.source.column: {cfg.column!r} not in dataset {cfg.path!r} "
                           f"(columns: {', '.join(ds.column_names)})")

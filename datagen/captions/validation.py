@@ -1,4 +1,4 @@
-"""The rejections of the original generator (REFERENCE.md, Stage 1), each counted by reason.
+"""The rejections of InstructPix2Pix's triple generator, each counted by reason.
 
 - a reply that does not split into exactly two parts (the backends report ``malformed_reply``);
 - an output caption equal to the input after strip of " .!?" and lower-case;

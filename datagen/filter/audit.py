@@ -22,13 +22,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from datagen.clip.metrics import METRICS
+from datagen.config import load_run_config
 from datagen.store import RunStore
 
 from .labels import DEFAULT_LABELS, load_labels
-from .metrics import METRICS
 from .oracle import oracle_summary, write_oracle_json
 from .selection import THRESHOLD_METRIC, Selector, Thresholds
-from .table import STAGE, load_run_config, read_oracle, read_scores, read_selection_info
+from .table import STAGE, read_oracle, read_scores, read_selection_info
 
 log = logging.getLogger(__name__)
 

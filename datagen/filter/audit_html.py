@@ -13,10 +13,10 @@ from typing import Any
 
 import pandas as pd
 
+from datagen.clip.metrics import METRICS
 from datagen.store import RunStore
 
 from . import svgplot
-from .metrics import METRICS
 from .selection import THRESHOLD_METRIC
 from .table import image_pair, read_images_for
 

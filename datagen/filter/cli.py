@@ -13,9 +13,9 @@ def _clear_errors(func):
     """Bad input (run folder, config, labels, CLIP) -> one clear line on stderr and exit code 2."""
     @functools.wraps(func)
     def wrapper(args):
+        from datagen.clip.loading import ClipLoadError
         from datagen.config import ConfigError
 
-        from .clip import ClipLoadError
         from .labels import LabelError
         from .table import RunError
 
@@ -80,10 +80,10 @@ def _label(args) -> int:
 
 @_clear_errors
 def _export(args) -> int:
+    from datagen.config import load_run_config
     from datagen.store import RunStore
 
     from .export import export_run
-    from .table import load_run_config
 
     sets = list(args.set or [])
     if args.format:

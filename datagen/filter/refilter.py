@@ -12,11 +12,11 @@ import logging
 import time
 from pathlib import Path
 
-from datagen.config import ConfigError, PipelineConfig
+from datagen.config import ConfigError, PipelineConfig, load_run_config
 from datagen.store import RunStore
 
 from .selection import Thresholds, passes, selection_table
-from .table import RunError, load_run_config, read_scores, read_selection_info, write_selection
+from .table import RunError, read_scores, read_selection_info, write_selection
 
 log = logging.getLogger(__name__)
 

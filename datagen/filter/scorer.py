@@ -16,10 +16,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from datagen.clip.loading import LoadedClip
+from datagen.clip.metrics import clip_metrics
 from datagen.records import Candidate, Scores
-
-from .clip import LoadedClip
-from .metrics import clip_metrics
 
 
 def _identical(a: Image.Image, b: Image.Image) -> bool:
@@ -69,10 +68,8 @@ class ClipScorer:
         return self.clip.model.encode_image(self.image_tensor(images)).float()
 
     # --- text ---------------------------------------------------------------------------
-    @torch.no_grad()
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        tokens = self.clip.tokenizer(list(texts)).to(self.clip.device)
-        return self.clip.model.encode_text(tokens).float()
+        return self.clip.text_features(texts)
 
     def text_features(self, candidates: Sequence[Candidate]) -> tuple[torch.Tensor, torch.Tensor]:
         """(txt_in, txt_out) rows for ``candidates``, encoding only triples not yet cached."""

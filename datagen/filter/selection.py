@@ -1,6 +1,6 @@
 """Which candidates become pairs: thresholds on the four metrics, then top-k per triple.
 
-REFERENCE.md, Stage 3: keep a candidate if sim_0, sim_1, sim_direction >= 0.2 and
+InstructPix2Pix's filter: keep a candidate if sim_0, sim_1, sim_direction >= 0.2 and
 sim_image >= 0.75 (0.7 in the code), sort the survivors of a triple by sim_direction and keep
 at most 4. Pure functions of a scores table (a DataFrame with the Scores columns), so the
 decision can be redone and audited from stored scores alone. Ties in sim_direction are

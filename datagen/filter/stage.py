@@ -20,11 +20,11 @@ from typing import Iterator
 
 from PIL import Image
 
+from datagen.clip.loading import check_clip_source, load_clip
 from datagen.config import ConfigError, PipelineConfig
 from datagen.records import Candidate, ScoredCandidate, Scores, ShardStats
 from datagen.store import RunStore
 
-from .clip import check_clip_source, load_clip
 from .oracle import ShapesOracle
 from .scorer import ClipScorer
 from .selection import Thresholds

@@ -20,7 +20,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from datagen.config import ConfigError, PipelineConfig, apply_override
 from datagen.records import ScoredCandidate
 from datagen.store import RunStore
 
@@ -38,20 +37,6 @@ ORACLE_SCHEMA = pa.schema([("candidate_id", pa.string())] + [(f, pa.bool_()) for
 
 class RunError(RuntimeError):
     """A run folder lacks what a command needs; the message says what and how to get it."""
-
-
-def load_run_config(run: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
-    """The config a run was generated with (``<run>/config.json``), with ``--set`` overrides."""
-    path = Path(run) / "config.json"
-    if not path.is_file():
-        raise RunError(f"{path} not found: is {run} a run folder made by `editsynth generate`?")
-    data = json.loads(path.read_text())
-    for assignment in overrides:
-        apply_override(data, assignment)
-    try:
-        return PipelineConfig.model_validate(data)
-    except Exception as e:
-        raise ConfigError(f"invalid config for run {run} after overrides {list(overrides)}:\n{e}") from None
 
 
 def read_scores(store: RunStore, columns: list[str] | None = None, shards: list[int] | None = None) -> pd.DataFrame:

@@ -1,9 +1,9 @@
 """Attention sharing as diffusers attention processors: the fast path of Prompt-to-Prompt.
 
-Two designs (REFERENCE.md, Stage 2):
+Two designs, both valid; editsynth supports both and measures which makes better pairs:
 - ``self`` (InstructPix2Pix's generator): for the first fraction p of the steps, every edited
   row uses its source row's self-attention maps, in both halves of classifier-free guidance.
-- ``cross`` (the Prompt-to-Prompt paper): the edited caption's cross-attention maps come from
+- ``cross`` (the Prompt-to-Prompt paper, Hertz et al., ICLR 2023): the edited caption's cross-attention maps come from
   the source caption's through a word alignment (swap or refine, alignment.py), optionally
   re-weighted, for the first fraction p of the steps; self-attention maps are shared for a
   proportional shorter fraction, only in the conditional half and only at low resolution.

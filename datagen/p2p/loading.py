@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from datagen.schedulers import make_scheduler
+
 log = logging.getLogger(__name__)
 
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -49,17 +51,6 @@ def select_dtype(name: str, device: torch.device) -> torch.dtype:
     if dtype == torch.float16 and device.type == "cpu":
         raise CheckpointError("render.dtype float16 is not supported on CPU; use float32 or bfloat16")
     return dtype
-
-
-def make_scheduler(name: str, config):
-    """A diffusers scheduler by class name (e.g. EulerAncestralDiscreteScheduler) from a scheduler config."""
-    import diffusers
-
-    cls = getattr(diffusers, name, None)
-    if cls is None or not name.endswith("Scheduler") or not hasattr(cls, "from_config"):
-        known = sorted(n for n in dir(diffusers) if n.endswith("Scheduler") and "Flow" not in n)
-        raise CheckpointError(f"unknown scheduler {name!r}; diffusers has: {', '.join(known)}")
-    return cls.from_config(config)
 
 
 def resolve_source(model: str) -> str:
@@ -126,7 +117,10 @@ def prepare_pipeline(pipe, model_id: str, source: str, device: torch.device, dty
                      scheduler: str = "EulerAncestralDiscreteScheduler") -> LoadedPipeline:
     """Check a loaded (or built) pipeline and put it on ``device`` ready to render."""
     check_components(pipe, source)
-    pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+    try:
+        pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
     pipe.set_progress_bar_config(disable=True)
     for m in (pipe.unet, pipe.vae, pipe.text_encoder):
         if m.dtype != dtype:  # a pipeline built in memory (the benchmark's); loaded ones already are

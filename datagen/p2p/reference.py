@@ -20,9 +20,10 @@ from dataclasses import dataclass
 
 import torch
 
+from datagen.schedulers import step_kwargs
+
 from .alignment import TokenAlignment
 from .attention import P2P_SELF_MAX_TOKENS, attention_steps, finish, project
-from .sampler import step_kwargs
 
 # Batch layout of the original generator: CFGDenoiser's cat([uncond, cond]) of the 2 prompts.
 SRC_UNCOND, EDIT_UNCOND, SRC_COND, EDIT_COND = 0, 1, 2, 3

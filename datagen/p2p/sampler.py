@@ -16,12 +16,13 @@ lanes; the other rows go on.
 """
 from __future__ import annotations
 
-import inspect
 import time
 from dataclasses import dataclass, field
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
+
+from datagen.schedulers import step_kwargs
 
 from .attention import AttentionControl, AttentionPlan
 
@@ -67,11 +68,6 @@ class SampleResult:
     unet_calls: int = 0
     unet_rows: int = 0                         # rows through the UNet, CFG halves counted
     unet_seconds: float = 0.0
-
-
-def step_kwargs(scheduler, generators: list[torch.Generator]) -> dict:
-    """Stochastic schedulers take the per-row generators; deterministic ones (LMS, PNDM) no generator."""
-    return {"generator": generators} if "generator" in inspect.signature(scheduler.step).parameters else {}
 
 
 def _sync(device: torch.device) -> None:

@@ -2,7 +2,7 @@
 
 Candidate ``index`` of a triple draws (seed, p, cfg) from a generator keyed by
 ``seed_from(run seed, triple id, index)``; p ~ U(p_min, p_max), cfg ~ U(cfg_min, cfg_max) (the
-original generator's ranges, REFERENCE.md). With ``candidates_per_seed`` = k > 1, consecutive
+original generator's: p ~ U(0.1, 0.9), cfg ~ U(7.5, 15)). With ``candidates_per_seed`` = k > 1, consecutive
 candidates form groups of k that take the seed and cfg of the group's first candidate and keep
 their own p: they share the source branch and the edited prefix when rendered (sampler.py).
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from datagen.config import PipelineConfig
+from datagen.config import PipelineConfig, load_run_config
 from datagen.records import Candidate, ShardStats, Triple
 from datagen.store import RunStore
 
@@ -127,13 +127,6 @@ def finalize(cfg: PipelineConfig, store: RunStore) -> dict:
 
 
 # --- one candidate again: the exact chunk it was rendered in ---------------------------------
-def load_run_config(run: str | Path) -> PipelineConfig:
-    path = Path(run) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no run config; is {run} a run folder made by `editsynth generate`?")
-    return PipelineConfig.model_validate_json(path.read_text())
-
-
 def find_candidate(cfg: PipelineConfig, store: RunStore, candidate: str) -> tuple[int, list[Triple], list]:
     """(shard, the shard's triples, the chunk of specs that contains ``candidate``)."""
     from .specs import parse_candidate_id

@@ -83,7 +83,7 @@ class T2IPreset:
     latent_channels: int = 4
     unet_channels: tuple[int, ...] = (64, 128, 128)
     # Attention only at 1/2 and 1/4 of the latent size: a transformer at 16x16 costs more
-    # than the rest of the UNet (SHAPES-NOTES.md).
+    # than the rest of the UNet (measured on these CPUs).
     unet_down: tuple[str, ...] = ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
     unet_up: tuple[str, ...] = ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
     layers_per_block: int = 1

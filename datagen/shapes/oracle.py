@@ -128,7 +128,7 @@ def matches_caption(img, caption: str) -> bool:
 
 
 def caption_agreement(img, caption: str) -> dict[str, bool]:
-    """Per-attribute agreement of an image with its caption (SHAPES-NOTES' table columns).
+    """Per-attribute agreement of an image with its caption (background, colour, shape, count: the model card's columns).
 
     Object attributes are judged on the objects found in the captioned slots; a missing
     object counts as wrong for every attribute.

@@ -35,5 +35,5 @@ def test_named_pipelines_load_with_their_stage1_settings():
     shapes, paper, smoke = (load_config(n) for n in ("shapes", "paper", "smoke"))
     assert (shapes.captions.backend, shapes.captions.source.kind) == ("grammar", "shapes")
     assert (paper.captions.backend, paper.captions.openai.temperature, paper.captions.openai.max_tokens,
-            paper.captions.openai.frequency_penalty) == ("openai", 0.7, 256, 0.1)  # REFERENCE.md
+            paper.captions.openai.frequency_penalty) == ("openai", 0.7, 256, 0.1)  # the original generator's GPT-3 sampling settings
     assert smoke.captions.num_triples <= 16

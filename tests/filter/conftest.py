@@ -114,7 +114,7 @@ def splitting(tiny_clip_dir, shapes_items):
     """Thresholds that split the tiny random CLIP's scores of the fixture's candidates: some
     pass, some fail, some fall outside the keep bound. Derived from the scores themselves, so
     they hold whatever the shapes world renders."""
-    from datagen.filter.clip import load_clip
+    from datagen.clip.loading import load_clip
     from datagen.filter.scorer import ClipScorer
 
     items = [x for s in shapes_items.values() for x in s]

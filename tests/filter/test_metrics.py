@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from datagen.filter.clip import load_clip
-from datagen.filter.metrics import clip_metrics
+from datagen.clip.loading import load_clip
+from datagen.clip.metrics import clip_metrics
 from datagen.filter.scorer import ClipScorer
 
 
@@ -27,7 +27,7 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _direct(clip, c, img_in, img_out, preprocess: str) -> list[float]:
-    """REFERENCE.md's definitions computed plainly: one image, one caption at a time, numpy cosines."""
+    """The InstructPix2Pix filter's definitions computed plainly: one image, one caption at a time, numpy cosines."""
     def pixels(img):
         if preprocess == "open_clip":
             return clip.preprocess(img)[None]
@@ -114,3 +114,18 @@ def test_unchanged_pair_has_exactly_zero_direction_in_any_batch(clip, items):
         for c, _, _ in unchanged:
             assert by_id[c.candidate_id].sim_direction == 0.0
             assert by_id[c.candidate_id].sim_image == pytest.approx(1.0, abs=1e-6)
+
+
+def test_the_sweeps_image_and_direction_similarities_match_a_direct_computation():
+    g = torch.Generator().manual_seed(0)
+    i_in, i_out, t_in, t_out = (torch.randn(5, 16, generator=g) for _ in range(4))
+    u = lambda x: x / x.norm(dim=-1, keepdim=True)  # noqa: E731
+    expected_image = torch.stack([torch.dot(u(a), u(b)) for a, b in zip(i_in, i_out)])
+    d_img, d_txt = u(i_out) - u(i_in), u(t_out) - u(t_in)
+    expected_dir = torch.nn.functional.cosine_similarity(d_img, d_txt, dim=-1)
+    m = clip_metrics(i_in, i_out, t_in, t_out)
+    torch.testing.assert_close(m["sim_image"], expected_image)
+    torch.testing.assert_close(m["sim_direction"], expected_dir)
+    # An edit that moves the image exactly along the text direction scores 1.
+    same = clip_metrics(u(t_in), u(t_out), t_in, t_out)["sim_direction"]
+    torch.testing.assert_close(same, torch.ones(5))

@@ -8,8 +8,8 @@ import time
 import pandas as pd
 import pytest
 
+from datagen.clip.loading import ClipLoadError
 from datagen.filter import stage
-from datagen.filter.clip import ClipLoadError
 from datagen.filter.selection import Thresholds
 from datagen.filter.table import read_oracle, read_scores
 from datagen.records import Candidate, ScoredCandidate

@@ -1,4 +1,4 @@
-"""Fixtures of the model room: a tiny random InstructPix2Pix editor built offline."""
+"""Fixtures of Stage 4 (model/): a tiny random InstructPix2Pix editor built offline."""
 from __future__ import annotations
 
 import pytest
@@ -9,8 +9,14 @@ def build_tiny_editor_pipeline(seed: int = 0):
     import torch
     from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
 
-    from datagen.shapes.models import (T2I_PRESETS, build_scheduler, build_text_encoder, build_tokenizer,
-                                       build_unet, build_vae)
+    from datagen.shapes.models import (
+        T2I_PRESETS,
+        build_scheduler,
+        build_text_encoder,
+        build_tokenizer,
+        build_unet,
+        build_vae,
+    )
 
     p = T2I_PRESETS["test"]
     torch.manual_seed(seed)
@@ -57,7 +63,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def editor_server(tiny_editor_dir, tmp_path_factory):
-    """`python -m model.cli_edit serve` in its own process; torn down at the end of the session.
+    """`python -m model.serving.cli serve` in its own process; torn down at the end of the session.
     EDITSYNTH_SERVE_MODEL=shapes serves the shipped shapes editor instead of the tiny random one
     (with EDITSYNTH_SCREENSHOT=docs/serve.png: the README's screenshot)."""
     import os
@@ -75,7 +81,7 @@ def editor_server(tiny_editor_dir, tmp_path_factory):
     log_path = tmp / "server.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "model.cli_edit", "serve",
+            [sys.executable, "-m", "model.serving.cli", "serve",
              "--model", os.environ.get("EDITSYNTH_SERVE_MODEL", str(tiny_editor_dir)),
              "--port", str(port), *SERVER_ARGS],
             cwd=Path(__file__).resolve().parents[2], env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -105,17 +111,17 @@ def editor_server(tiny_editor_dir, tmp_path_factory):
 
 @pytest.fixture
 def editor_passes(monkeypatch):
-    """Every editor pass model.evaluate makes, as (instructions, s_T, s_I), in order."""
-    from model import evaluate
+    """Every editor pass the oracle eval makes, as (instructions, s_T, s_I), in order."""
+    from model.evaluation import oracle
 
     passes = []
-    real_edit_batch = evaluate.edit_batch
+    real_edit_batch = oracle.edit_batch
 
     def recording(editor, inputs, instructions, steps, s_text, s_img, *rest):
         passes.append((list(instructions), s_text, s_img))
         return real_edit_batch(editor, inputs, instructions, steps, s_text, s_img, *rest)
 
-    monkeypatch.setattr(evaluate, "edit_batch", recording)
+    monkeypatch.setattr(oracle, "edit_batch", recording)
     return passes
 
 

@@ -3,7 +3,7 @@
 Runs only where CUDA is visible (CI has none; a lent GPU machine runs it). The draws are keyed by
 per-sample seeds on CPU generators, so CPU and GPU see identical noise, timesteps and dropout:
 any difference is arithmetic. fp32 must agree closely; fp16 / bf16 mixed precision (frozen VAE and
-text encoder in half precision, UNet under autocast, channels-last, as model.train runs it) within
+text encoder in half precision, UNet under autocast, channels-last, as model.training.loop runs it) within
 the rounding of half precision.
 """
 from __future__ import annotations
@@ -17,8 +17,16 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 def _parts():
-    from datagen.shapes.models import T2I_PRESETS, build_scheduler, build_text_encoder, build_tokenizer, build_unet, build_vae
-    from model import editor
+    from datagen.shapes.models import (
+        T2I_PRESETS,
+        build_scheduler,
+        build_text_encoder,
+        build_tokenizer,
+        build_unet,
+        build_vae,
+    )
+    from model.editor import loading
+    from model.training import objective as editor
 
     p = T2I_PRESETS["shapes"]
     torch.manual_seed(0)
@@ -31,13 +39,14 @@ def _parts():
     n, size = 8, p.image_size
     batch = editor.LossInputs(torch.rand(n, 3, size, size, generator=g) * 2 - 1,
                               torch.rand(n, 3, size, size, generator=g) * 2 - 1,
-                              editor.tokenize(tokenizer, ["make the left circle red"] * n), list(range(100, 100 + n)))
+                              loading.tokenize(tokenizer, ["make the left circle red"] * n), list(range(100, 100 + n)))
     return vae, text_encoder, tokenizer, unet, build_scheduler(), batch
 
 
 def _loss_and_grad(parts, device: str, precision: str):
-    from model import editor
-    from model.loading import resolve_dtype
+    from model.editor import loading
+    from model.editor.loading import resolve_dtype
+    from model.training import objective as editor
 
     vae, text_encoder, tokenizer, unet, sched, batch = parts
     dtype = resolve_dtype(precision, torch.device(device))
@@ -46,7 +55,7 @@ def _loss_and_grad(parts, device: str, precision: str):
     unet = copy.deepcopy(unet).to(device).train()
     if device == "cuda":
         unet.to(memory_format=torch.channels_last)
-    null_text = editor.encode_text(text_encoder, tokenizer, [""], torch.device(device))
+    null_text = loading.encode_text(text_encoder, tokenizer, [""], torch.device(device))
     with torch.autocast(device, dtype=dtype, enabled=precision != "fp32"):
         loss = editor.editor_loss(unet, vae, text_encoder, sched, null_text, batch, 0.05, 0.05, 0.05, dtype,
                                   snr_gamma=5.0)
