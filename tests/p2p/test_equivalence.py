@@ -100,21 +100,40 @@ def test_candidates_sharing_a_seed_fork_at_their_smallest_p(loaded, tiny_sd_dir)
 
 def test_bfloat16_on_cpu_renders_what_float32_renders(loaded, tiny_sd_dir):
     # The shapes rounds render in bf16 where the CPU has it natively (docs/benchmarks.md): the same
-    # rows, groups and float32 scheduler, landing near the float32 latents. (The tiny random model's
-    # attention sharing moves its latents less than bf16 rounding does, so the oracle run in
-    # docs/benchmarks.md, not this test, is what shows the sharing survives bf16.)
+    # rows, groups and float32 scheduler, landing near the float32 latents: nearer than attention
+    # sharing itself moves them (cross mode against no sharing, in float32), else bf16 could erase
+    # the very effect Prompt-to-Prompt is there for.
     from datagen.p2p.loading import load_pipeline
 
     loaded16 = load_pipeline(str(tiny_sd_dir), dtype="bfloat16")
     assert loaded16.pipe.unet.dtype == torch.bfloat16
-    cfg = render_config(tiny_sd_dir, mode="cross")
-    specs = shard_specs(3, [SWAP, REFINE], cfg)
     by_id = {t.triple_id: t for t in (SWAP, REFINE)}
-    r32 = CandidateRenderer(loaded, cfg).sample_chunk(by_id, specs)
-    r16 = CandidateRenderer(loaded16, cfg).sample_chunk(by_id, specs)
+
+    def render(pipeline, mode):
+        cfg = render_config(tiny_sd_dir, mode=mode)
+        return CandidateRenderer(pipeline, cfg).sample_chunk(by_id, shard_specs(3, [SWAP, REFINE], cfg))
+
+    r32, r16, unshared = render(loaded, "cross"), render(loaded16, "cross"), render(loaded, "none")
     assert not r16.failures and r16.edited_latents.dtype == torch.float32   # the scheduler keeps float32
     assert r16.unet_rows == r32.unet_rows and r16.edited_twin == r32.edited_twin
     scale = r32.edited_latents.abs().amax()
     rel = ((r16.edited_latents - r32.edited_latents).abs().amax() / scale).item()
-    print(f"bf16 vs fp32: max |d latents| / max |latents| = {rel:.3g}")
-    assert 0 < rel < 0.05
+    sharing = ((unshared.edited_latents - r32.edited_latents).abs().amax() / scale).item()
+    print(f"max |d latents| / max |latents|: bf16 vs fp32 {rel:.3g}, cross sharing vs none {sharing:.3g}")
+    assert 0 < rel < sharing
+
+
+def test_cross_mode_shares_self_attention_maps_only_up_to_16x16_queries(loaded, tiny_sd_dir, monkeypatch):
+    # P2P replaces self-attention maps only in layers of at most 16x16 queries. At 64 px the tiny
+    # model's outer attention layers have 32x32 queries (its mid block 16x16): the fast path and
+    # the reference agree there, and lifting the limit changes the edited branch well past the
+    # tolerance, so the limit is really applied (at 32 px every layer is within it).
+    import datagen.p2p.render as render
+
+    cfg = render_config(tiny_sd_dir, mode="cross", height=64, width=64, num_candidates=2, steps=4,
+                        p_min=0.8, p_max=0.9)
+    limited, specs = check_against_reference(loaded, cfg, [SWAP])
+    monkeypatch.setattr(render, "P2P_SELF_MAX_TOKENS", 10**9)
+    lifted = CandidateRenderer(loaded, cfg).sample_chunk({SWAP.triple_id: SWAP}, specs)
+    assert torch.allclose(limited.source_latents, lifted.source_latents, atol=TOLERANCE)
+    assert (limited.edited_latents - lifted.edited_latents).abs().max() > 100 * TOLERANCE
