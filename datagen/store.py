@@ -15,7 +15,7 @@ import tarfile
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -74,14 +74,38 @@ class RunStore:
             pq.write_table(table, tmp)
         return path
 
-    def write_tar(self, stage: str, shard: int, samples: Iterable[dict[str, bytes]], part: str = "tar") -> Path:
-        """A webdataset tar: each sample is ``{"__key__": key, "<ext>": bytes, ...}``."""
+    @contextmanager
+    def table_writer(self, stage: str, shard: int, schema: pa.Schema, part: str = "parquet",
+                     rows_per_group: int = 8192) -> Iterator[Callable[[list[dict[str, Any]]], None]]:
+        """Write a shard's table a few rows at a time: yields ``add(rows)``. At most
+        ``rows_per_group`` rows are held; the file is in place only when the block ends."""
+        path = self.shard_path(stage, shard, part)
+        pending: list[dict[str, Any]] = []
+        with self.atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+            def flush() -> None:
+                writer.write_table(pa.Table.from_pylist(pending, schema=schema))
+                pending.clear()
+
+            def add(rows: list[dict[str, Any]]) -> None:
+                pending.extend(rows)
+                if len(pending) >= rows_per_group:
+                    flush()
+
+            yield add
+            if pending:
+                flush()
+
+    @contextmanager
+    def tar_writer(self, stage: str, shard: int, part: str = "tar") -> Iterator[Callable[[dict[str, bytes]], int]]:
+        """Write a webdataset tar sample by sample: yields ``add(sample) -> bytes added``, where a
+        sample is ``{"__key__": key, "<ext>": bytes, ...}``. The tar is in place only when the block ends."""
         path = self.shard_path(stage, shard, part)
         with self.atomic_path(path) as tmp, tarfile.open(tmp, "w") as tar:
-            for sample in samples:
+            def add(sample: dict[str, bytes]) -> int:
                 key = sample["__key__"]
                 if "." in key:
                     raise ValueError(f"webdataset key {key!r} contains a dot")
+                size = 0
                 for ext, data in sample.items():
                     if ext == "__key__":
                         continue
@@ -89,7 +113,17 @@ class RunStore:
                     info.size = len(data)
                     info.mtime = 0  # deterministic bytes for identical content
                     tar.addfile(info, io.BytesIO(data))
-        return path
+                    size += len(data)
+                return size
+
+            yield add
+
+    def write_tar(self, stage: str, shard: int, samples: Iterable[dict[str, bytes]], part: str = "tar") -> Path:
+        """A webdataset tar of ``samples``, streamed: each sample is ``{"__key__": key, "<ext>": bytes, ...}``."""
+        with self.tar_writer(stage, shard, part) as add:
+            for sample in samples:
+                add(sample)
+        return self.shard_path(stage, shard, part)
 
     def write_stats(self, stats: ShardStats) -> Path:
         """Mark a shard done. Call this last, after every other file of the shard is in place.

@@ -47,7 +47,7 @@ def compare_p2p_modes(run: str | Path, num_triples: int = 24, num_candidates: in
         render_cfg = cfg.render.model_copy(update={"mode": mode, "num_candidates": num_candidates})
         mode_cfg = cfg.model_copy(update={"render": render_cfg})
         renderer = build_renderer(mode_cfg)
-        rendered = render_shard(renderer, mode_cfg, triples, RenderCounters())
+        rendered = [r for chunk in render_shard(renderer, mode_cfg, triples, RenderCounters()) for r in chunk]
         judged, kinds = [], {}
         for r in rendered:
             c = r.candidate

@@ -5,7 +5,10 @@ Reads ``captions/captions-<i>.parquet`` (Triple rows) and writes
   ``<candidate_id>.edited.<ext>``, ``<candidate_id>.json`` (ok candidates only);
 - ``render/render-<i>.parquet``: one Candidate row per candidate, failed ones included;
 - ``render/render-<i>.stats.json`` LAST (the done marker): counts, failures, truncated
-  captions, timings, and the UNet rows the batching and sharing saved.
+  captions, timings, the UNet rows the batching and sharing saved, and the bytes written.
+
+Both files are written chunk by chunk as candidates are rendered: an actor holds the images of
+one chunk (``render.resources.batch_size`` candidates), never those of a whole shard.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pyarrow as pa
 
@@ -60,13 +64,11 @@ def build_renderer(cfg: PipelineConfig) -> CandidateRenderer:
 
 
 def render_shard(renderer: CandidateRenderer, cfg: PipelineConfig, triples: list[Triple],
-                 counters: RenderCounters) -> list[RenderedCandidate]:
-    """Every candidate of the triples, chunk by chunk, in shard order."""
+                 counters: RenderCounters) -> Iterator[list[RenderedCandidate]]:
+    """Every candidate of the triples, one chunk at a time, in shard order."""
     by_id = {t.triple_id: t for t in triples}
-    rendered: list[RenderedCandidate] = []
     for specs in chunk(shard_specs(cfg.seed, triples, cfg.render), cfg.render.resources.batch_size):
-        rendered.extend(renderer.render_chunk(by_id, specs, counters))
-    return rendered
+        yield renderer.render_chunk(by_id, specs, counters)
 
 
 def sample_of(r: RenderedCandidate) -> dict[str, bytes]:
@@ -93,24 +95,31 @@ class Worker:
         triples = read_triples(self.store, shard)
         truncated = sum(self.renderer.is_truncated(c) for t in triples for c in (t.input_caption, t.output_caption))
         counters = RenderCounters()
-        rendered = render_shard(self.renderer, self.cfg, triples, counters)
-        ok = [r for r in rendered if r.candidate.status == "ok"]
-        self.store.write_tar(STAGE, shard, (sample_of(r) for r in ok))
-        self.store.write_table(STAGE, shard, [r.candidate.to_row() for r in rendered], schema=CANDIDATE_SCHEMA)
+        ok = candidates = 0
         failures: dict[str, int] = {}
-        for r in rendered:
-            if r.candidate.status != "ok":
-                reason = r.candidate.failure_reason.split(" at step")[0]
-                failures[reason] = failures.get(reason, 0) + 1
+        with self.store.tar_writer(STAGE, shard) as add_sample, \
+                self.store.table_writer(STAGE, shard, CANDIDATE_SCHEMA) as add_rows:
+            for rendered in render_shard(self.renderer, self.cfg, triples, counters):
+                for r in rendered:
+                    if r.candidate.status == "ok":
+                        add_sample(sample_of(r))
+                        ok += 1
+                    else:
+                        reason = r.candidate.failure_reason.split(" at step")[0]
+                        failures[reason] = failures.get(reason, 0) + 1
+                add_rows([r.candidate.to_row() for r in rendered])
+                candidates += len(rendered)
+        written = sum(self.store.shard_path(STAGE, shard, part).stat().st_size for part in ("tar", "parquet"))
         extra = {name: round(v, 4) if isinstance(v, float) else v for name, v in vars(counters).items()}
         extra.update(triples=len(triples), truncated_captions=truncated, device=str(self.renderer.loaded.device),
                      dtype=str(self.renderer.loaded.dtype).replace("torch.", ""), model_id=self.cfg.render.model,
-                     unet_row_saving=round(1 - counters.unet_rows / max(counters.unet_rows_unshared, 1), 4))
-        stats = ShardStats(stage=STAGE, shard=shard, count_in=len(triples), count_out=len(ok),
+                     unet_row_saving=round(1 - counters.unet_rows / max(counters.unet_rows_unshared, 1), 4),
+                     bytes_written=written)
+        stats = ShardStats(stage=STAGE, shard=shard, count_in=len(triples), count_out=ok,
                            seconds=round(time.perf_counter() - t0, 3), rejections=failures, extra=extra)
         self.store.write_stats(stats)
-        log.info("render shard %d: %d triples -> %d ok / %d candidates in %.1fs", shard, len(triples), len(ok),
-                 len(rendered), stats.seconds)
+        log.info("render shard %d: %d triples -> %d ok / %d candidates in %.1fs", shard, len(triples), ok,
+                 candidates, stats.seconds)
         return stats
 
 

@@ -56,7 +56,33 @@ def test_render_shard_writes_tar_parquet_and_stats(rendered_run):
     assert stats.extra["truncated_captions"] == 2          # the long triple's two captions
     assert stats.extra["unet_rows"] < stats.extra["unet_rows_unshared"]
     assert stats.extra["seconds_unet"] > 0
+    assert stats.extra["bytes_written"] == sum(store.shard_path(STAGE, 0, part).stat().st_size
+                                               for part in ("tar", "parquet"))
     assert store.is_done(STAGE, 0)
+
+
+def test_a_shard_is_written_chunk_by_chunk_not_held_whole(tmp_path, tiny_sd_dir, rendered_run):
+    # Memory per actor is bounded by a chunk: when the second chunk is rendered, the first one's
+    # images are already in the (temporary) tar, not in a list waiting for the end of the shard.
+    _, _, _, worker = rendered_run
+    shared = worker.cfg, worker.store
+    cfg, store = make_run(tmp_path, tiny_sd_dir, [TRIPLES], resources={"batch_size": 4, "num_cpus": 1})
+    worker.cfg, worker.store = cfg, store
+    on_disk = []
+    real = worker.renderer.render_chunk
+
+    def recording(*args, **kwargs):
+        on_disk.append(sum(p.stat().st_size for p in store.stage_dir(STAGE).glob(".render-00000.tar.*.tmp")))
+        return real(*args, **kwargs)
+
+    worker.renderer.render_chunk = recording
+    try:
+        worker.process_shard(0)
+    finally:
+        del worker.renderer.render_chunk
+        worker.cfg, worker.store = shared
+    assert len(on_disk) == 2 and on_disk[0] == 0 and on_disk[1] > 4 * 2 * 100   # 4 candidates' 2 images
+    assert len(store.read_tar(STAGE, 0)) == 8
 
 
 def test_render_one_reproduces_the_shard_bytes(rendered_run, tmp_path):
