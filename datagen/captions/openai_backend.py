@@ -18,8 +18,8 @@ from datagen.records import SourceCaption, seed_from
 from .backends import Draft
 from .openai_client import CallCounters, RequestRejected, api_key, call_with_retries, make_client
 from .prompts import (CHAT_PROMPT_VERSION, COMPLETION_PROMPT_VERSION, END, SeedTriple, chat_messages,
-                      chat_response_format, choose_examples, completion_prompt, parse_chat_reply,
-                      parse_completion)
+                      chat_response_format, choose_examples, completion_prompt)
+from .replies import read_reply
 
 
 class OpenAIBackend:
@@ -61,10 +61,8 @@ class OpenAIBackend:
                 return Draft(source, source.caption, rejection="request_rejected")
         if refused:
             return Draft(source, source.caption, rejection="model_refused")
-        reply = parse_chat_reply(text) if self.cfg.api == "chat" else parse_completion(text)
-        if reply is None:
-            return Draft(source, source.caption, rejection="malformed_reply")
-        return Draft(source, source.caption, reply.edit, reply.output)
+        reading = read_reply(text)
+        return Draft(source, source.caption, reading.edit, reading.output, rejection=reading.rejection)
 
     async def _request(self, client: openai.AsyncOpenAI, caption: str, examples: list[SeedTriple],
                        seed: int) -> tuple[str | None, bool]:
