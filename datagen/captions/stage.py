@@ -3,7 +3,8 @@
 Each shard writes ``captions/captions-<i>.parquet`` (Triple rows) and then its stats (every
 rejection counted by reason, request and retry counts, token usage), the stats last so that a
 killed run leaves the shard undone and a re-run redoes it. Triple ids come from (run seed,
-source id, backend, model, prompt version): a re-run writes the same ids.
+source id, backend, model, prompt version): a re-run writes the same ids. A triple whose backend
+does not know its kind of edit (an LLM) gets one from its instruction (edit_kinds.py).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from datagen.records import ShardStats, Triple, stable_id
 from datagen.store import RunStore
 
 from .backends import Draft, make_backend
+from .edit_kinds import classify_instruction
 from .openai_client import CallCounters, api_key
 from .sources import CaptionSource
 from .validation import Moderator, Validator, duplicate_flags
@@ -127,7 +129,7 @@ class Worker:
             triple_id=triple_id(self.cfg.seed, draft.source.source_id, b.name, b.model, b.prompt_version),
             input_caption=draft.input_caption, instruction=draft.instruction,
             output_caption=draft.output_caption, source_id=draft.source.source_id,
-            edit_kind=draft.edit_kind, backend=b.name, model=b.model, prompt_version=b.prompt_version)
+            edit_kind=draft.edit_kind or classify_instruction(draft.instruction), backend=b.name, model=b.model, prompt_version=b.prompt_version)
 
 
 def finalize(cfg: PipelineConfig, store: RunStore) -> dict:
