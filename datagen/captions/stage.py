@@ -17,6 +17,7 @@ from dataclasses import fields
 import pyarrow as pa
 
 from datagen.config import CaptionsConfig, PipelineConfig
+from datagen.distribute import StageFailed
 from datagen.records import ShardStats, Triple, stable_id
 from datagen.store import RunStore
 
@@ -48,6 +49,12 @@ def plan_shards(cfg: PipelineConfig, store: RunStore) -> list[int]:
         api_key(ccfg.openai)  # a missing key fails here, before any Ray actor starts
     count = planned_count(ccfg, CaptionSource(ccfg.source, cfg.seed))
     return list(range(math.ceil(count / ccfg.shard_size)))
+
+
+def preflight(cfg: PipelineConfig) -> None:
+    """Before the first shard: one probe request, so that a refusing endpoint stops the run here."""
+    if cfg.captions.backend == "openai":
+        make_backend(cfg.captions, cfg.seed).probe()
 
 
 def triple_id(run_seed: int, source_id: str, backend: str, model: str, prompt_version: str) -> str:
@@ -133,8 +140,17 @@ class Worker:
 
 
 def finalize(cfg: PipelineConfig, store: RunStore) -> dict:
-    """Check the stage as a whole (ids unique) and count triples by kind of edit."""
+    """Check the stage as a whole (ids unique, some triples kept) and count triples by kind of edit."""
     rows = store.read_stage(STAGE)
+    stats = store.read_stats(STAGE)
+    asked = sum(s.count_in for s in stats)
+    if asked and not rows:  # later stages would run on nothing
+        rejections: Counter[str] = Counter()
+        for s in stats:
+            rejections.update(s.rejections)
+        raise StageFailed(f"captions: 0 triples kept from {asked} source caption(s); rejected: "
+                          f"{dict(rejections.most_common())}. The shards are done (a re-run keeps them): "
+                          f"change the model or prompt and run again with --overwrite")
     ids = Counter(r["triple_id"] for r in rows)
     repeated = [i for i, n in ids.items() if n > 1]
     if repeated:
