@@ -144,7 +144,7 @@ def hint_for(status: int, message: str, cfg: OpenAIBackendConfig) -> str:
                 f"captions.openai.response_format={other}" if other else "")
     if status in (401, 403):
         return f"; check the key in ${cfg.api_key_env} and that it may use model {cfg.model!r}"
-    if "model" in text:
+    if "model" in text or cfg.model.lower() in text:  # "Server is pinned to 'x'; requested 'gpt-4o-mini'"
         return f"; check --set captions.openai.model=NAME (the server's GET {cfg.base_url}/models lists them)"
     if "seed" in text:
         return "; try --set captions.openai.send_seed=false"
