@@ -197,7 +197,8 @@ def create_app(editor: Editor, config: ServeConfig | None = None, with_ui: bool 
         return await call_next(request)
 
     allowed = {"instruction": f"1 to {MAX_INSTRUCTION_CHARS:,} characters, not all spaces",
-               "text_guidance": f"a number from 0 to {MAX_GUIDANCE}", "image_guidance": f"a number from 0 to {MAX_GUIDANCE}",
+               "text_guidance": f"a number from 0 to {MAX_GUIDANCE}",
+               "image_guidance": f"a number from 0 to {MAX_GUIDANCE}",
                "steps": f"a whole number from 1 to {config.max_steps}", "seed": "a whole number from 0 to 2**63 - 1",
                "variations": f"a whole number from 1 to {config.max_variations}"}
 

@@ -43,7 +43,8 @@ _RULES: tuple[tuple[str, re.Pattern], ...] = tuple((kind, re.compile(pattern)) f
     ("background", _words("background", "backdrop", "behind (?:it|him|her|them)", "setting", "scenery")),
     ("resize", _words("bigger", "smaller", "larger", "enlarge", "shrink", "resize", "tinier", "taller", "shorter",
                       "wider", "narrower", "thinner", "fatter", "twice as (?:big|large|tall)",
-                      "half (?:the|its) size", "scale (?:it )?(?:up|down)", "make (?:it|them) (?:big|small|tiny|huge)")),
+                      "half (?:the|its) size", "scale (?:it )?(?:up|down)",
+                      "make (?:it|them) (?:big|small|tiny|huge)")),
     ("style", _words(
         r"paint(?:ing|ed)", "drawing", "drawn", "sketch", "illustration", "illustrated", "style", "styled", "art",
         "artwork", "artistic", r"photo(?:graph)?", "photorealistic", "realistic", r"watercolou?r", "oil", "anime",
@@ -55,7 +56,8 @@ _RULES: tuple[tuple[str, re.Pattern], ...] = tuple((kind, re.compile(pattern)) f
         "pencil", "ink", "pastel", "look like", "in the style of", "vaporwave", "minimalist", "abstract",
         "postcard", "playing card", "latte art", "caricature", "engraving", "etching", "origami", "lego")),
     # An object becoming another: "turn the dog into a horse", "make the elephant a giraffe".
-    ("replace", r"^(?:turn|change|transform|convert) (?:the|his|her|its|their|this|that|these|those|it) .*\b(?:into|to) "
+    ("replace", r"^(?:turn|change|transform|convert) (?:the|his|her|its|their|this|that|these|those|it) "
+                r".*\b(?:into|to) "
                 r"|^make (?:the|his|her|its|their|this|that) (?:[\w'-]+ ){1,3}(?:a|an|into) "),
     ("recolour", _COLOURS),
     ("replace", r"^make (?:him|her|them|it) (?:a|an|into) "),   # after recolour: "make it a red apple"

@@ -63,7 +63,7 @@ class OpenAIBackend:
         if n > 1 and n > SYSTEMATIC_FRACTION * sent:
             raise BackendError(f"{n} of {sent} {self.cfg.api} requests to {self.cfg.base_url} (model "
                                f"{self.cfg.model!r}) got the same answer, HTTP {status}: {message.rstrip('. ')}"
-                               f"{hint_for(status, message, self.cfg)}; the shard is not marked done")
+                               f"{hint_for(status, message, self.cfg)}")
 
     def probe(self) -> Reading:
         """One request like the run's (the first seed triple's caption): raise ConfigError on a 4xx.
@@ -83,8 +83,8 @@ class OpenAIBackend:
             raise ConfigError(
                 f"captions: {self.cfg.base_url} refused the probe request ({self.cfg.api}, model {self.cfg.model!r}, "
                 f"response_format {self.cfg.response_format if self.cfg.api == 'chat' else '-'}) with HTTP {status}: "
-                f"{message.rstrip('. ')}{hint_for(status, message, self.cfg)}. Every request of the run would get it: nothing was sent "
-                f"for the source captions and no shard is marked done.")
+                f"{message.rstrip('. ')}{hint_for(status, message, self.cfg)}. Every request of the run would "
+                f"get it: nothing was sent for the source captions and no shard is marked done.")
         reading = Reading(draft.instruction, draft.output_caption, draft.rejection)
         log.info("captions: probe request to %s answered; read as %s", self.cfg.base_url,
                  reading.rejection or f"edit {reading.edit!r} -> {reading.output!r}")

@@ -136,7 +136,8 @@ class Worker:
             triple_id=triple_id(self.cfg.seed, draft.source.source_id, b.name, b.model, b.prompt_version),
             input_caption=draft.input_caption, instruction=draft.instruction,
             output_caption=draft.output_caption, source_id=draft.source.source_id,
-            edit_kind=draft.edit_kind or classify_instruction(draft.instruction), backend=b.name, model=b.model, prompt_version=b.prompt_version)
+            edit_kind=draft.edit_kind or classify_instruction(draft.instruction), backend=b.name, model=b.model,
+            prompt_version=b.prompt_version)
 
 
 def finalize(cfg: PipelineConfig, store: RunStore) -> dict:

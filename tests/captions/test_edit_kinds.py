@@ -6,8 +6,8 @@ from datagen.captions.prompts import load_seed_triples
 
 # The seed triples' own kinds where both lists name the same thing (material and lighting have no
 # counterpart). The rules were written beside these seeds: this guards them against regressions.
-SEED_KIND = {"style": "style", "medium": "style", "object_swap": "replace", "weather_season": "weather_season_time",
-             "add": "add", "remove": "remove", "colour": "recolour"}
+SEED_KIND = {"style": "style", "medium": "style", "object_swap": "replace", "add": "add", "remove": "remove",
+             "weather_season": "weather_season_time", "colour": "recolour"}
 
 # Written apart from the rules, in the style of the InstructPix2Pix paper's examples.
 UNSEEN = [

@@ -42,7 +42,8 @@ def _generate(out: Path, sets: list[str], capsys) -> tuple[int, str]:
 def test_replies_off_the_schema_are_kept_and_every_rejection_has_its_own_reason(tmp_path, api_key):
     caption_file = write_captions(tmp_path / "c.txt", list(REPLIES))
     with FakeOpenAI({c: [action] for c, (action, _) in REPLIES.items()}) as server:
-        stats = stage.Worker(openai_config(server.base_url, caption_file, "chat", "captions.openai.timeout_s=30"), str(tmp_path / "run")).process_shard(0)
+        cfg = openai_config(server.base_url, caption_file, "chat", "captions.openai.timeout_s=30")
+        stats = stage.Worker(cfg, str(tmp_path / "run")).process_shard(0)
     rows = {r["input_caption"]: r for r in RunStore(tmp_path / "run").read_table("captions", 0)}
     kept = {c for c, (_, fate) in REPLIES.items() if fate == "kept"}
     assert set(rows) == kept
