@@ -15,7 +15,8 @@ given a script: the action of its 1st, 2nd, ... request (then "ok"):
   429 / 500 / 400 / 401   that HTTP status with an OpenAI-style error body
 Every request is logged as (endpoint, caption, action). ``rendezvous=n`` holds the first n
 generation requests until n of them are in flight at once: with one request in flight per
-client, it proves that n clients (Ray actors on different nodes) are working together.
+client, it proves that n clients (Ray actors on different nodes) are working together;
+``rendezvous_skip`` requests pass first without waiting (Stage 1's probe, sent alone).
 ``refused_format`` (e.g. "json_schema") answers every chat request asking for that response
 format with HTTP 400, as endpoints without structured output do.
 """
@@ -43,7 +44,8 @@ def caption_of_prompt(prompt: str) -> str:
 class FakeOpenAI:
     def __init__(self, script: dict[str, list[str]] | None = None, delay_s: float = 0.0, slow_s: float = 2.0,
                  flag_word: str = "forbidden", rendezvous: int = 0, rendezvous_timeout_s: float = 60.0,
-                 refused_format: str = ""):
+                 refused_format: str = "", rendezvous_skip: int = 0):
+        self.rendezvous_skip = rendezvous_skip
         self.refused_format = refused_format
         self.script = {k: list(v) for k, v in (script or {}).items()}
         self.delay_s = delay_s      # every request waits this long (to keep a run busy)
@@ -129,7 +131,7 @@ class FakeOpenAI:
                 if fake._rendezvous is not None:
                     with fake._lock:
                         fake._arrivals += 1
-                        waits = fake._arrivals <= fake._rendezvous.parties
+                        waits = fake.rendezvous_skip < fake._arrivals <= fake.rendezvous_skip + fake._rendezvous.parties
                     if waits:
                         try:
                             fake._rendezvous.wait()

@@ -170,8 +170,9 @@ def test_ray_address_spreads_shards_over_both_nodes_and_matches_the_local_run(tm
     assert set(node_ids_by_resource) == {"node_a", "node_b"}
     caption_file = write_captions(tmp_path / "captions.txt", [f"a watercolour of {n} boats" for n in range(16)])
     out, log = tmp_path / "cluster", tmp_path / "cluster.log"
-    # rendezvous=2: the first two requests wait for each other, so two actors must be working at once
-    with FakeOpenAI(rendezvous=2, delay_s=0.05) as server:
+    # rendezvous=2: the first two requests after the probe wait for each other, so two actors must be
+    # working at once
+    with FakeOpenAI(rendezvous=2, rendezvous_skip=1, delay_s=0.05) as server:
         sets = openai_overrides(server.base_url, caption_file, "chat", "captions.shard_size=2",
                                 "captions.openai.concurrency=1", "captions.openai.timeout_s=90",
                                 "captions.resources.actors=2", "captions.resources.num_cpus=1")
