@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import openai  # noqa: E402
 
 from datagen.captions import stage  # noqa: E402
-from datagen.captions.prompts import completion_prompt, parse_completion  # noqa: E402
+from datagen.captions.prompts import completion_prompt  # noqa: E402
+from datagen.captions.replies import read_reply  # noqa: E402
 from datagen.config import load_config  # noqa: E402
 from tests.captions.fake_openai import FakeOpenAI  # noqa: E402
 
@@ -41,7 +42,8 @@ def reference_loop(base_url: str, captions: list[str]) -> int:
         resp = client.completions.create(model="ft-davinci", prompt=completion_prompt(caption, []),
                                          temperature=0.7, top_p=1.0, max_tokens=256, frequency_penalty=0.1,
                                          stop=["\nEND"])
-        kept += parse_completion(resp.choices[0].text) is not None
+        reading = read_reply(resp.choices[0].text)
+        kept += not reading.rejection and bool(reading.edit and reading.output)
     client.close()
     return kept
 

@@ -7,6 +7,7 @@ import logging
 import sys
 
 from .config import ConfigError, load_config
+from .distribute import StageFailed
 from .run import STAGE_ORDER, parse_stages, run_pipeline
 
 log = logging.getLogger("editsynth.generate")
@@ -44,6 +45,9 @@ def generate(args: argparse.Namespace) -> int:
     except (ConfigError, FileNotFoundError) as e:   # found by a stage at start: a missing key, model...
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except StageFailed as e:   # a shard failed, or a stage kept nothing: what is done stays done
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(json.dumps(summary, indent=1, default=str))
     return 0
 

@@ -5,6 +5,10 @@ model once in ``__init__`` and writes each shard through the RunStore (atomic fi
 last). Ray Data feeds the not-yet-done shard ids to a pool of such actors, one shard per
 call, with the CPUs/GPUs per actor from the config. ``ray.init()`` is local unless an
 address is given (``--ray-address``), so the same code runs on a laptop or a cluster.
+
+A shard whose worker raises comes back as an error row rather than a Ray exception, because
+Ray Data hands the driver its own wrapper with the worker's message lost; the driver stops at
+the first one with ``StageFailed`` naming the shard and the worker's error.
 """
 from __future__ import annotations
 
@@ -20,6 +24,10 @@ from .records import ShardStats
 log = logging.getLogger(__name__)
 
 
+class StageFailed(RuntimeError):
+    """A stage cannot go on (a shard's worker failed, or nothing was kept): the message says why."""
+
+
 class _ShardActor:
     """Ray Data callable class: builds the stage worker once, then processes shard ids."""
 
@@ -29,7 +37,15 @@ class _ShardActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import json
 
-        rows = [json.dumps(self.worker.process_shard(int(shard)).to_row()) for shard in batch["shard"]]
+        import traceback
+
+        rows = []
+        for shard in batch["shard"]:
+            try:
+                rows.append(json.dumps(self.worker.process_shard(int(shard)).to_row()))
+            except Exception as e:  # noqa: BLE001 — the driver stops the stage with this message
+                rows.append(json.dumps({"failed_shard": int(shard), "error": f"{type(e).__name__}: {e}",
+                                        "traceback": traceback.format_exc()}))
         return {"stats": np.array(rows, dtype=object)}
 
 
@@ -54,7 +70,8 @@ def run_shards(
 ) -> list[ShardStats]:
     """Process ``shards`` with a Ray Data actor pool of ``factory()`` workers; return their stats.
 
-    ``factory`` must be picklable (a top-level function or a functools.partial of one).
+    ``factory`` must be picklable (a top-level function or a functools.partial of one). Raises
+    StageFailed at the first shard whose worker raised; shards already done stay done.
     """
     import json
 
@@ -82,4 +99,11 @@ def run_shards(
             max_restarts=2,      # actors: restart a dead actor and retry its shard (was max_retries, a task-only option)
             max_task_retries=2,
         )
-    return [ShardStats.from_row(json.loads(r["stats"])) for r in out.take_all()]
+    stats = []
+    for r in out.iter_rows():
+        row = json.loads(r["stats"])
+        if "failed_shard" in row:
+            log.error("%s shard %d failed:\n%s", stage, row["failed_shard"], row["traceback"])
+            raise StageFailed(f"{stage} shard {row['failed_shard']} failed (not marked done): {row['error']}")
+        stats.append(ShardStats.from_row(row))
+    return stats

@@ -5,6 +5,7 @@ A stage module (``datagen/<stage>/stage.py``) exposes:
   plan_shards(cfg, store) -> list[int]          every shard id the stage will write
   Worker(cfg, out)                              built once per Ray actor (loads models)
       .process_shard(shard) -> ShardStats       writes the shard's files, stats LAST
+  preflight(cfg) -> None                        optional: run once before shards are sent (a probe)
   finalize(cfg, store) -> dict | None           optional: run once after all shards are done
 Stages meet only through the store: stage N reads the shards stage N-1 marked done.
 """
@@ -53,6 +54,8 @@ def run_stage(stage: str, cfg: PipelineConfig, out: str | Path, overwrite: bool 
     todo = [s for s in shards if not store.is_done(module.STAGE, s)]
     log.info("stage %s: %d shard(s), %d done, %d to do", stage, len(shards), len(shards) - len(todo), len(todo))
     t0 = time.time()
+    if todo and hasattr(module, "preflight"):
+        module.preflight(cfg)
     resources = getattr(cfg, stage).resources
     run_shards(module.STAGE, partial(_make_worker, module_name, cfg, str(out)), todo, resources, cfg.ray_address)
     summary = store.write_summary(module.STAGE)

@@ -2,8 +2,10 @@
 
 429s, 5xx, timeouts and dropped connections are retried with exponential backoff (and the
 server's Retry-After when it sends one); a 400/422 rejects only the caption it was about;
-auth and not-found errors stop the shard at once. The API key is read from the environment
-variable NAMED in the config and never logged, stored or put in an error message.
+auth and not-found errors stop the shard at once. A 4xx that every request would get (a
+model name or response format the server does not take) is told apart by ``hint_for``, which
+says which ``--set`` to try. The API key is read from the environment variable NAMED in the
+config and never logged, stored or put in an error message.
 """
 from __future__ import annotations
 
@@ -32,6 +34,10 @@ class BackendError(RuntimeError):
 
 class RequestRejected(Exception):
     """The endpoint refused one request (HTTP 400/422): the caption is rejected, the run goes on."""
+
+    def __init__(self, what: str, status: int, message: str):
+        super().__init__(f"{what}: HTTP {status}: {message}")
+        self.status, self.message = status, message  # without the caption: equal for a systematic error
 
 
 @dataclass
@@ -101,10 +107,10 @@ async def call_with_retries(fn: Callable[[], Awaitable[T]], cfg: OpenAIBackendCo
             if status in RETRYABLE_STATUS or status >= 500:
                 reason, retry_after = f"http_{status}", _retry_after(e)
             elif status in REJECTING_STATUS:
-                raise RequestRejected(f"{what}: HTTP {status}: {_short(e)}") from None
+                raise RequestRejected(what, status, _short(e)) from None
             else:  # 401, 403, 404, ...: nothing later requests could fix
                 raise BackendError(f"{what}: HTTP {status} from {cfg.base_url} (model {cfg.model!r}, key from "
-                                   f"${cfg.api_key_env}): {_short(e)}") from None
+                                   f"${cfg.api_key_env}): {_short(e)}{hint_for(status, _short(e), cfg)}") from None
         if attempt >= cfg.max_retries:
             raise BackendError(f"{what}: gave up after {cfg.max_retries} retries (last: {reason}) at {cfg.base_url}")
         counters.retries += 1
@@ -116,5 +122,36 @@ async def call_with_retries(fn: Callable[[], Awaitable[T]], cfg: OpenAIBackendCo
 
 
 def _short(err: openai.APIStatusError, limit: int = 300) -> str:
-    text = str(getattr(err, "message", "") or err)
+    """The server's own message: OpenAI-style {"error": {"message"}} or FastAPI-style {"detail"}."""
+    body = getattr(err, "body", None)
+    text = ""
+    if isinstance(body, dict):
+        text = body.get("message") or body.get("detail") or ""
+        if isinstance(body.get("error"), dict):
+            text = text or body["error"].get("message", "")
+        elif isinstance(body.get("error"), str):
+            text = text or body["error"]
+    text = str(text or getattr(err, "message", "") or err)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def hint_for(status: int, message: str, cfg: OpenAIBackendConfig) -> str:
+    """What to change when every request gets this error ("" when we cannot tell), as a sentence."""
+    text = message.lower()
+    if "response_format" in text or "json_schema" in text or "json_object" in text or "json mode" in text:
+        other = {"json_schema": "json_object or none", "json_object": "none"}.get(cfg.response_format, "")
+        return (f"; the server does not take response_format {cfg.response_format}: try --set "
+                f"captions.openai.response_format={other}" if other else "")
+    if status in (401, 403):
+        return f"; check the key in ${cfg.api_key_env} and that it may use model {cfg.model!r}"
+    if "model" in text or cfg.model.lower() in text:  # "Server is pinned to 'x'; requested 'gpt-4o-mini'"
+        return f"; check --set captions.openai.model=NAME (the server's GET {cfg.base_url}/models lists them)"
+    if "seed" in text:
+        return "; try --set captions.openai.send_seed=false"
+    if status == 404:
+        other = "completions" if cfg.api == "chat" else "chat"
+        return (f"; check captions.openai.base_url (usually ends in /v1) and whether the server speaks "
+                f"{cfg.api}: --set captions.openai.api={other}")
+    if "max_tokens" in text or "context" in text:
+        return "; try a smaller --set captions.openai.max_tokens=N or few_shot=N"
+    return ""

@@ -1,4 +1,4 @@
-"""Few-shot prompts from the shipped seed triples, and parsing of the model's replies.
+"""Few-shot prompts from the shipped seed triples, in the two formats the replies come back in.
 
 Two formats:
 - chat: a system prompt, few-shot user/assistant turns, a JSON reply ``{"edit", "output"}``
@@ -6,12 +6,12 @@ Two formats:
 - completion: the format InstructPix2Pix fine-tuned GPT-3 davinci on,
   ``prompt = input + "\\n##\\n"``, ``completion = edit + "\\n%%\\n" + output + "\\nEND"``,
   stop at ``"\\nEND"``; few-shot examples in the same format serve a base model.
+Reading the replies (in either format, or neither) is replies.py's job.
 """
 from __future__ import annotations
 
 import json
 import random
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,14 +54,6 @@ class SeedTriple:
     edit: str
     output: str
     kind: str = ""
-
-
-@dataclass(frozen=True)
-class Reply:
-    """A parsed model reply: the instruction and the output caption."""
-
-    edit: str
-    output: str
 
 
 # --- seed triples ---------------------------------------------------------------------------
@@ -124,29 +116,6 @@ def chat_response_format(kind: str) -> dict | None:
     return None
 
 
-_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
-
-
-def parse_chat_reply(text: str | None) -> Reply | None:
-    """The reply's two parts, or None when it is not a JSON object with string edit and output."""
-    if not text:
-        return None
-    text = text.strip()
-    fenced = _FENCE.match(text)  # endpoints without JSON mode often fence their JSON
-    if fenced:
-        text = fenced.group(1)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(data, dict):
-        return None
-    edit, output = data.get("edit"), data.get("output")
-    if not isinstance(edit, str) or not isinstance(output, str) or not edit.strip() or not output.strip():
-        return None
-    return Reply(edit.strip(), output.strip())
-
-
 # --- completion (the original fine-tuned format) --------------------------------------------
 def completion_text(edit: str, output: str) -> str:
     return f"{edit}{EDIT_SEP}{output}{END}"
@@ -155,20 +124,6 @@ def completion_text(edit: str, output: str) -> str:
 def completion_prompt(caption: str, examples: list[SeedTriple]) -> str:
     shots = "".join(f"{ex.input}{PROMPT_SEP}{completion_text(ex.edit, ex.output)}\n\n" for ex in examples)
     return f"{shots}{caption}{PROMPT_SEP}"
-
-
-def parse_completion(text: str | None) -> Reply | None:
-    """Split a completion into exactly two parts at ``\\n%%\\n`` (the original rule), else None."""
-    if not text:
-        return None
-    text = text.split(END)[0]  # a server that ignores the stop sequence
-    parts = text.split(EDIT_SEP)
-    if len(parts) != 2:
-        return None
-    edit, output = parts[0].strip(), parts[1].strip()
-    if not edit or not output:
-        return None
-    return Reply(edit, output)
 
 
 # --- fine-tuning export ---------------------------------------------------------------------

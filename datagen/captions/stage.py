@@ -3,7 +3,8 @@
 Each shard writes ``captions/captions-<i>.parquet`` (Triple rows) and then its stats (every
 rejection counted by reason, request and retry counts, token usage), the stats last so that a
 killed run leaves the shard undone and a re-run redoes it. Triple ids come from (run seed,
-source id, backend, model, prompt version): a re-run writes the same ids.
+source id, backend, model, prompt version): a re-run writes the same ids. A triple whose backend
+does not know its kind of edit (an LLM) gets one from its instruction (edit_kinds.py).
 """
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ from dataclasses import fields
 import pyarrow as pa
 
 from datagen.config import CaptionsConfig, PipelineConfig
+from datagen.distribute import StageFailed
 from datagen.records import ShardStats, Triple, stable_id
 from datagen.store import RunStore
 
 from .backends import Draft, make_backend
+from .edit_kinds import classify_instruction
 from .openai_client import CallCounters, api_key
 from .sources import CaptionSource
 from .validation import Moderator, Validator, duplicate_flags
@@ -46,6 +49,12 @@ def plan_shards(cfg: PipelineConfig, store: RunStore) -> list[int]:
         api_key(ccfg.openai)  # a missing key fails here, before any Ray actor starts
     count = planned_count(ccfg, CaptionSource(ccfg.source, cfg.seed))
     return list(range(math.ceil(count / ccfg.shard_size)))
+
+
+def preflight(cfg: PipelineConfig) -> None:
+    """Before the first shard: one probe request, so that a refusing endpoint stops the run here."""
+    if cfg.captions.backend == "openai":
+        make_backend(cfg.captions, cfg.seed).probe()
 
 
 def triple_id(run_seed: int, source_id: str, backend: str, model: str, prompt_version: str) -> str:
@@ -127,12 +136,22 @@ class Worker:
             triple_id=triple_id(self.cfg.seed, draft.source.source_id, b.name, b.model, b.prompt_version),
             input_caption=draft.input_caption, instruction=draft.instruction,
             output_caption=draft.output_caption, source_id=draft.source.source_id,
-            edit_kind=draft.edit_kind, backend=b.name, model=b.model, prompt_version=b.prompt_version)
+            edit_kind=draft.edit_kind or classify_instruction(draft.instruction), backend=b.name, model=b.model,
+            prompt_version=b.prompt_version)
 
 
 def finalize(cfg: PipelineConfig, store: RunStore) -> dict:
-    """Check the stage as a whole (ids unique) and count triples by kind of edit."""
+    """Check the stage as a whole (ids unique, some triples kept) and count triples by kind of edit."""
     rows = store.read_stage(STAGE)
+    stats = store.read_stats(STAGE)
+    asked = sum(s.count_in for s in stats)
+    if asked and not rows:  # later stages would run on nothing
+        rejections: Counter[str] = Counter()
+        for s in stats:
+            rejections.update(s.rejections)
+        raise StageFailed(f"captions: 0 triples kept from {asked} source caption(s); rejected: "
+                          f"{dict(rejections.most_common())}. The shards are done (a re-run keeps them): "
+                          f"change the model or prompt and run again with --overwrite")
     ids = Counter(r["triple_id"] for r in rows)
     repeated = [i for i, n in ids.items() if n > 1]
     if repeated:

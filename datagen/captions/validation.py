@@ -1,6 +1,8 @@
 """The rejections of InstructPix2Pix's triple generator, each counted by reason.
 
-- a reply that does not split into exactly two parts (the backends report ``malformed_reply``);
+- a reply that does not split into exactly two parts (the backends report ``malformed_reply``,
+  or ``model_refused`` for a refusal: replies.py);
+- an empty instruction or output caption;
 - an output caption equal to the input after strip of " .!?" and lower-case;
 - a duplicate source caption (first occurrence in source order wins, so the choice is the
   same whichever shard or machine sees it);
@@ -20,7 +22,8 @@ from .openai_client import BackendError, CallCounters, RequestRejected, api_key,
 REASONS = (
     "duplicate_caption", "caption_too_short", "caption_too_long",         # the source caption
     "request_rejected", "model_refused", "malformed_reply", "not_shapes_caption",  # the backend
-    "output_equals_input", "instruction_too_short", "instruction_too_long",  # the reply
+    "empty_instruction", "empty_output", "output_equals_input",             # the reply
+    "instruction_too_short", "instruction_too_long",
     "output_too_short", "output_too_long", "moderation_flagged",
 )
 
@@ -59,6 +62,10 @@ class Validator:
 
     def check_reply(self, input_caption: str, instruction: str, output_caption: str) -> str:
         """Why a (caption, instruction, output) draft is rejected ("" when it is kept)."""
+        if not instruction.strip():
+            return "empty_instruction"
+        if not output_caption.strip():
+            return "empty_output"
         if normalize(output_caption) == normalize(input_caption):
             return "output_equals_input"
         return (self._length(instruction, "instruction", self.cfg.min_instruction_chars, self.cfg.max_instruction_chars)

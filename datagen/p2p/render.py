@@ -1,6 +1,8 @@
 """The candidate renderer: a chunk of CandidateSpecs of some triples -> Candidates with image bytes.
 
-Encodes the chunk's captions once (truncated to the text encoder's window), aligns each
+Triples whose captions the text encoder cannot tell apart are not rendered (caption_guard.py):
+their candidates fail with the reason. Encodes the chunk's captions once (truncated to the text
+encoder's window), aligns each
 triple's captions (cross mode), runs the batched two-branch sampler (sampler.py), decodes each
 distinct final latent once, and writes PNG (lossless) or quality-100 JPEG bytes.
 """
@@ -19,6 +21,7 @@ from datagen.records import Candidate, CandidateSpec, Triple
 
 from .alignment import align_captions, caption_tokens
 from .attention import P2P_SELF_MAX_TOKENS, attention_steps, install
+from .caption_guard import why_not_render
 from .loading import LoadedPipeline
 from .sampler import CandidatePlan, SampleResult, SharingRules, TextTable, sample
 
@@ -171,6 +174,30 @@ class CandidateRenderer:
     def render_chunk(self, triples: dict[str, Triple], specs: list[CandidateSpec],
                      counters: RenderCounters | None = None) -> list[RenderedCandidate]:
         counters = counters if counters is not None else RenderCounters()
+        # Decided inside the chunk, so that render-one (which renders the chunk again) drops the same specs.
+        not_rendered = {tid: why_not_render(self.tokenizer, triples[tid].input_caption, triples[tid].output_caption)
+                        for tid in {s.triple_id for s in specs}}
+        order = {spec.candidate_id: i for i, spec in enumerate(specs)}
+        skipped = [spec for spec in specs if not_rendered[spec.triple_id]]
+        to_render = [spec for spec in specs if not not_rendered[spec.triple_id]]
+        rendered = self._render_specs(triples, to_render, counters) if to_render else []
+        for spec in skipped:
+            cand = self._candidate(spec, triples[spec.triple_id])
+            cand.status, cand.failure_reason = "failed", not_rendered[spec.triple_id]
+            rendered.append(RenderedCandidate(cand))
+        counters.candidates += len(skipped)
+        counters.failed += len(skipped)
+        return sorted(rendered, key=lambda r: order[r.candidate.candidate_id])
+
+    def _candidate(self, spec: CandidateSpec, t: Triple) -> Candidate:
+        return Candidate(
+            candidate_id=spec.candidate_id, triple_id=spec.triple_id, index=spec.index, seed=spec.seed,
+            p=spec.p, cfg_scale=spec.cfg_scale, mode=spec.mode, steps=self.cfg.steps,
+            model_id=self.loaded.model_id, input_caption=t.input_caption, instruction=t.instruction,
+            output_caption=t.output_caption, edit_kind=t.edit_kind, image_format=self.cfg.image_format)
+
+    def _render_specs(self, triples: dict[str, Triple], specs: list[CandidateSpec],
+                      counters: RenderCounters) -> list[RenderedCandidate]:
         result = self.sample_chunk(triples, specs, counters)
         failures = dict(result.failures)
 
@@ -190,12 +217,7 @@ class CandidateRenderer:
             src, edit = result.source_of[c], twin_pos.get(result.edited_twin[c])
             if c not in failures and not (finite[src] and finite[edit]):
                 failures[c] = "non-finite pixels after VAE decoding"
-            t = triples[spec.triple_id]
-            cand = Candidate(
-                candidate_id=spec.candidate_id, triple_id=spec.triple_id, index=spec.index, seed=spec.seed,
-                p=spec.p, cfg_scale=spec.cfg_scale, mode=spec.mode, steps=self.cfg.steps,
-                model_id=self.loaded.model_id, input_caption=t.input_caption, instruction=t.instruction,
-                output_caption=t.output_caption, edit_kind=t.edit_kind, image_format=fmt)
+            cand = self._candidate(spec, triples[spec.triple_id])
             images = {}
             if c in failures:
                 cand.status, cand.failure_reason = "failed", failures[c]

@@ -5,7 +5,8 @@ Reads ``captions/captions-<i>.parquet`` (Triple rows) and writes
   ``<candidate_id>.edited.<ext>``, ``<candidate_id>.json`` (ok candidates only);
 - ``render/render-<i>.parquet``: one Candidate row per candidate, failed ones included;
 - ``render/render-<i>.stats.json`` LAST (the done marker): counts, failures, truncated
-  captions, timings, the UNet rows the batching and sharing saved, and the bytes written.
+  captions, the triples not rendered by reason (captions alike to the text encoder:
+  caption_guard.py), timings, the UNet rows the batching and sharing saved, and the bytes written.
 
 Both files are written chunk by chunk as candidates are rendered: an actor holds the images of
 one chunk (``render.resources.batch_size`` candidates), never those of a whole shard.
@@ -16,6 +17,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
@@ -25,6 +27,7 @@ from datagen.config import PipelineConfig, load_run_config
 from datagen.records import Candidate, ShardStats, Triple
 from datagen.store import RunStore
 
+from .caption_guard import REASONS as NOT_RENDERED_REASONS
 from .loading import load_pipeline
 from .render import CandidateRenderer, RenderCounters, RenderedCandidate
 from .specs import chunk, shard_specs
@@ -97,6 +100,7 @@ class Worker:
         counters = RenderCounters()
         ok = candidates = 0
         failures: dict[str, int] = {}
+        not_rendered: dict[str, str] = {}       # triple id -> why it was not rendered
         with self.store.tar_writer(STAGE, shard) as add_sample, \
                 self.store.table_writer(STAGE, shard, CANDIDATE_SCHEMA) as add_rows:
             for rendered in render_shard(self.renderer, self.cfg, triples, counters):
@@ -107,11 +111,14 @@ class Worker:
                     else:
                         reason = r.candidate.failure_reason.split(" at step")[0]
                         failures[reason] = failures.get(reason, 0) + 1
+                        if r.candidate.failure_reason in NOT_RENDERED_REASONS:
+                            not_rendered[r.candidate.triple_id] = r.candidate.failure_reason
                 add_rows([r.candidate.to_row() for r in rendered])
                 candidates += len(rendered)
         written = sum(self.store.shard_path(STAGE, shard, part).stat().st_size for part in ("tar", "parquet"))
         extra = {name: round(v, 4) if isinstance(v, float) else v for name, v in vars(counters).items()}
-        extra.update(triples=len(triples), truncated_captions=truncated, device=str(self.renderer.loaded.device),
+        extra.update(triples=len(triples), truncated_captions=truncated,
+                     triples_not_rendered=dict(Counter(not_rendered.values())), device=str(self.renderer.loaded.device),
                      dtype=str(self.renderer.loaded.dtype).replace("torch.", ""), model_id=self.cfg.render.model,
                      unet_row_saving=round(1 - counters.unet_rows / max(counters.unet_rows_unshared, 1), 4),
                      bytes_written=written)
@@ -129,6 +136,10 @@ def finalize(cfg: PipelineConfig, store: RunStore) -> dict:
     total = {k: sum(s.extra.get(k, 0) for s in stats)
              for k in ("candidates", "failed", "truncated_captions", "unet_rows", "unet_rows_unshared")}
     total["unet_row_saving"] = round(1 - total["unet_rows"] / max(total["unet_rows_unshared"], 1), 4)
+    not_rendered: Counter[str] = Counter()
+    for s in stats:
+        not_rendered.update(s.extra.get("triples_not_rendered", {}))
+    total["triples_not_rendered"] = dict(not_rendered)
     path = Path(store.stage_dir(STAGE)) / "render-totals.json"
     with store.atomic_path(path) as tmp:
         tmp.write_text(json.dumps(total, indent=1, sort_keys=True))

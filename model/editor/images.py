@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -66,7 +67,11 @@ def read_upload(data: bytes, limits: UploadLimits = UploadLimits()) -> Image.Ima
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data), formats=[fmt])  # reads the header only
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageRejected(f"image too large: {e}", 413) from None
+        # PIL's own check fires first and quotes PIL's limit; the user's limit is ours.
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(pixels.group(1)):,} pixels" if pixels else "more pixels than PIL allows"
+        raise ImageRejected(f"image too large: {size}; the limit is {limits.max_pixels:,} "
+                            f"(a decompression bomb looks like this)", 413) from None
     except Exception as e:  # noqa: BLE001 — any parser failure of untrusted bytes is a bad upload
         raise ImageRejected(f"a {fmt} file whose header cannot be read ({e})", 400) from None
     check_size(im.size, limits)

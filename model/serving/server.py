@@ -3,7 +3,9 @@
 All edits, from the API and the UI alike, go through one EditWorker: a single thread that owns
 the model and a bounded queue in front of it. A full queue answers 503 at once (with
 Retry-After); a request that waits too long answers 503 too; nothing hangs. Uploads are checked
-before decoding (model.editor.images.read_upload) and a bad request gets a 4xx naming the problem.
+before decoding (model.editor.images.read_upload) and a bad request gets a 4xx naming the problem: the
+field and its limit, never the whole input echoed back (a 10,000-character instruction would
+come back as a 10 KB error otherwise).
 
 Routes: /api/edit (multipart, PNG or base64 back), /api/edit/json (JSON with base64), /api/health,
 /api/model, /docs (OpenAPI), /ui (the web UI; / redirects there).
@@ -13,6 +15,7 @@ import base64
 import binascii
 import io
 import logging
+import math
 import queue
 import random
 import threading
@@ -22,6 +25,7 @@ from typing import Literal
 
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from PIL import Image
 from pydantic import BaseModel, Field
@@ -31,6 +35,10 @@ from model.editor.loading import Editor
 from model.editor.sampling import EditSettings, edit_images
 
 log = logging.getLogger(__name__)
+
+MAX_INSTRUCTION_CHARS = 1000
+MAX_GUIDANCE = 30
+ECHO_LIMIT = 80   # a 422 shows the offending value only when its text is at most this long
 
 
 class QueueFull(RuntimeError):
@@ -157,9 +165,9 @@ def create_app(editor: Editor, config: ServeConfig | None = None, with_ui: bool 
 
     class EditJSONRequest(BaseModel):
         image_base64: str = Field(description="the input image file (PNG, JPEG, WebP, ...), base64")
-        instruction: str = Field(min_length=1, max_length=1000)
-        text_guidance: float = Field(d.text_guidance, ge=0, le=30)
-        image_guidance: float = Field(d.image_guidance, ge=0, le=30)
+        instruction: str = Field(max_length=MAX_INSTRUCTION_CHARS, description="the edit to make; not blank")
+        text_guidance: float = Field(d.text_guidance, ge=0, le=MAX_GUIDANCE, allow_inf_nan=False)
+        image_guidance: float = Field(d.image_guidance, ge=0, le=MAX_GUIDANCE, allow_inf_nan=False)
         steps: int = Field(d.steps, ge=1, le=config.max_steps)
         seed: int | None = Field(None, ge=0, lt=2**63, description="omit for a random seed")
         variations: int = Field(1, ge=1, le=config.max_variations)
@@ -188,6 +196,16 @@ def create_app(editor: Editor, config: ServeConfig | None = None, with_ui: bool 
                                            f"of {config.limits.max_bytes:,} bytes"}, status_code=413)
         return await call_next(request)
 
+    allowed = {"instruction": f"1 to {MAX_INSTRUCTION_CHARS:,} characters, not all spaces",
+               "text_guidance": f"a number from 0 to {MAX_GUIDANCE}",
+               "image_guidance": f"a number from 0 to {MAX_GUIDANCE}",
+               "steps": f"a whole number from 1 to {config.max_steps}", "seed": "a whole number from 0 to 2**63 - 1",
+               "variations": f"a whole number from 1 to {config.max_variations}"}
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request, e: RequestValidationError):
+        return JSONResponse({"detail": [field_error(err, allowed) for err in e.errors()]}, status_code=422)
+
     @app.exception_handler(ImageRejected)
     async def _rejected(_request, e: ImageRejected):
         return JSONResponse({"detail": str(e)}, status_code=e.http_status)
@@ -198,6 +216,10 @@ def create_app(editor: Editor, config: ServeConfig | None = None, with_ui: bool 
 
     async def run_edit(data: bytes, instruction: str, text_guidance: float, image_guidance: float,
                        steps: int, seed: int | None, variations: int) -> tuple[list[Image.Image], list[int]]:
+        if not instruction.strip():
+            raise HTTPException(422, [{"loc": ["body", "instruction"], "type": "blank_instruction",
+                                       "msg": "instruction: empty or only spaces; send the edit to make, e.g. "
+                                              f"'make it snowy' ({allowed['instruction']})"}])
         image = await run_in_threadpool(read_upload, data, config.limits)
         settings = replace(d, text_guidance=text_guidance, image_guidance=image_guidance, steps=steps,
                            resolution=resolution)
@@ -239,16 +261,22 @@ def create_app(editor: Editor, config: ServeConfig | None = None, with_ui: bool 
                          413: {"description": "upload too large (bytes or pixels)"},
                          415: {"description": "not a supported image type"},
                          503: {"description": "queue full or timed out; see Retry-After"}})
-    async def edit(image: UploadFile = File(description="PNG, JPEG, WebP, GIF, BMP or TIFF"),
-                   instruction: str = Form(min_length=1, max_length=1000),
-                   text_guidance: float = Form(d.text_guidance, ge=0, le=30),
-                   image_guidance: float = Form(d.image_guidance, ge=0, le=30),
+    async def edit(request: Request,
+                   image: UploadFile = File(description="PNG, JPEG, WebP, GIF, BMP or TIFF"),
+                   # Optional here only because a form turns "" into "not sent": run_edit refuses it by name.
+                   instruction: str | None = Form(None, max_length=MAX_INSTRUCTION_CHARS,
+                                                  description="the edit to make; required, not blank"),
+                   text_guidance: float = Form(d.text_guidance, ge=0, le=MAX_GUIDANCE, allow_inf_nan=False),
+                   image_guidance: float = Form(d.image_guidance, ge=0, le=MAX_GUIDANCE, allow_inf_nan=False),
                    steps: int = Form(d.steps, ge=1, le=config.max_steps),
                    seed: int | None = Form(None, ge=0, lt=2**63),
                    variations: int = Form(1, ge=1, le=config.max_variations),
                    response_format: Literal["png", "base64"] = Form("png")):
+        if instruction is None and "instruction" not in await request.form():  # the form is parsed once, cached
+            raise HTTPException(422, [{"loc": ["body", "instruction"], "type": "missing",
+                                       "msg": "instruction: missing; send the edit to make, e.g. 'make it snowy'"}])
         data = await image.read(config.limits.max_bytes + 1)
-        results, seeds = await run_edit(data, instruction, text_guidance, image_guidance, steps, seed, variations)
+        results, seeds = await run_edit(data, instruction or "", text_guidance, image_guidance, steps, seed, variations)
         if response_format == "png" and len(results) == 1:
             return Response(png_bytes(results[0]), media_type="image/png", headers={"X-Seed": str(seeds[0])})
         return EditJSONResponse(images_base64=[base64.b64encode(png_bytes(r)).decode() for r in results],
@@ -277,6 +305,20 @@ def create_app(editor: Editor, config: ServeConfig | None = None, with_ui: bool 
         app = gr.mount_gradio_app(app, blocks, path="/ui", max_file_size=config.limits.max_bytes,
                                   footer_links=["api"], run_history=False)
     return app
+
+
+def field_error(err: dict, allowed: dict[str, str]) -> dict:
+    """One validation error as a 422 detail item: the field, what it takes; the input only when short."""
+    loc = [str(part) for part in err.get("loc", ())]
+    name = loc[-1] if loc else "request"
+    msg = f"{name}: {err.get('msg', 'invalid')}"
+    if name in allowed:
+        msg += f" (allowed: {allowed[name]})"
+    item = {"loc": loc, "msg": msg, "type": err.get("type", "")}
+    value = err.get("input")
+    if isinstance(value, (str, int, float, bool)) and len(str(value)) <= ECHO_LIMIT:
+        item["input"] = value if not isinstance(value, float) or math.isfinite(value) else str(value)  # JSON has no NaN
+    return item
 
 
 def serve(model: str, config: ServeConfig, device: str = "auto", dtype: str = "auto", compile_mode: str = "") -> None:

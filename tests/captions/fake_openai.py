@@ -5,12 +5,20 @@ given a script: the action of its 1st, 2nd, ... request (then "ok"):
   ok         a good reply derived from the caption ("make it snowy" -> "<caption> in the snow")
   malformed  a reply that does not split into two parts
   same       an output caption equal to the input
-  refuse     a chat refusal
+  refuse     a chat refusal (the API's refusal field)
+  sorry      a refusal in plain words, as the reply's text
+  prose      the JSON after a sentence: "Sure! Here is the edit: {...}"
+  fenced     the JSON in a ```json fence, with a closing remark
+  synonyms   the JSON with the keys "instruction" and "output_caption"
+  no_edit    an empty instruction
   slow       sleep ``slow_s`` (longer than the client timeout), then reply ok
   429 / 500 / 400 / 401   that HTTP status with an OpenAI-style error body
 Every request is logged as (endpoint, caption, action). ``rendezvous=n`` holds the first n
 generation requests until n of them are in flight at once: with one request in flight per
-client, it proves that n clients (Ray actors on different nodes) are working together.
+client, it proves that n clients (Ray actors on different nodes) are working together;
+``rendezvous_skip`` requests pass first without waiting (Stage 1's probe, sent alone).
+``refused_format`` (e.g. "json_schema") answers every chat request asking for that response
+format with HTTP 400, as endpoints without structured output do.
 """
 from __future__ import annotations
 
@@ -35,7 +43,10 @@ def caption_of_prompt(prompt: str) -> str:
 
 class FakeOpenAI:
     def __init__(self, script: dict[str, list[str]] | None = None, delay_s: float = 0.0, slow_s: float = 2.0,
-                 flag_word: str = "forbidden", rendezvous: int = 0, rendezvous_timeout_s: float = 60.0):
+                 flag_word: str = "forbidden", rendezvous: int = 0, rendezvous_timeout_s: float = 60.0,
+                 refused_format: str = "", rendezvous_skip: int = 0):
+        self.rendezvous_skip = rendezvous_skip
+        self.refused_format = refused_format
         self.script = {k: list(v) for k, v in (script or {}).items()}
         self.delay_s = delay_s      # every request waits this long (to keep a run busy)
         self.slow_s = slow_s
@@ -102,6 +113,8 @@ class FakeOpenAI:
                     else:
                         return self._send(404, {"error": {"message": f"no route {self.path}"}})
                     action = fake.action_for(caption)
+                    if fake.refused_format and (body.get("response_format") or {}).get("type") == fake.refused_format:
+                        action = "unsupported_format"
                     with fake._lock:
                         fake.log.append((endpoint, caption, action))
                         fake.in_flight += 1
@@ -118,7 +131,7 @@ class FakeOpenAI:
                 if fake._rendezvous is not None:
                     with fake._lock:
                         fake._arrivals += 1
-                        waits = fake._arrivals <= fake._rendezvous.parties
+                        waits = fake.rendezvous_skip < fake._arrivals <= fake.rendezvous_skip + fake._rendezvous.parties
                     if waits:
                         try:
                             fake._rendezvous.wait()
@@ -127,6 +140,9 @@ class FakeOpenAI:
                             fake.rendezvous_met = False
                 if fake.delay_s:
                     time.sleep(fake.delay_s)
+                if action == "unsupported_format":
+                    return self._send(400, {"error": {"message": f"response_format of type {fake.refused_format} is "
+                                                                 "not supported", "type": "invalid_request_error"}})
                 if action.isdigit():
                     headers = {"Retry-After": "0"} if action == "429" else {}
                     return self._send(int(action), {"error": {"message": f"scripted {action}", "type": "test"}},
@@ -140,8 +156,16 @@ class FakeOpenAI:
                 if action == "same":
                     output = caption + "."
                 usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+                if action == "no_edit":
+                    edit = " "
                 if endpoint == "chat":
-                    content = "this is not json" if action == "malformed" else json.dumps({"edit": edit, "output": output})
+                    content = {
+                        "malformed": "this is not json",
+                        "sorry": "I'm sorry, but I can't help with that.",
+                        "prose": "Sure! Here is the edit: " + json.dumps({"edit": edit, "output": output}),
+                        "fenced": "```json\n" + json.dumps({"edit": edit, "output": output}) + "\n```\nEnjoy!",
+                        "synonyms": json.dumps({"instruction": edit, "output_caption": output}),
+                    }.get(action, json.dumps({"edit": edit, "output": output}))
                     message = {"role": "assistant", "content": content}
                     if action == "refuse":
                         message = {"role": "assistant", "content": None, "refusal": "I can't help with that."}

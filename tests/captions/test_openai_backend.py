@@ -45,6 +45,7 @@ def test_scripted_replies_give_the_kept_triples_rejections_and_retries(tmp_path,
     for caption, row in kept.items():
         assert (row["instruction"], row["output_caption"]) == good_reply(caption)
         assert (row["backend"], row["model"]) == ("openai", cfg.captions.openai.model)
+        assert row["edit_kind"] == "weather_season_time"  # "make it snowy", read from the instruction
         assert row["prompt_version"] == ("chat-json-1" if api == "chat" else "completion-ft-1")
     assert stats.rejections == {"duplicate_caption": 1, "caption_too_short": 1, "malformed_reply": 1,
                                 "output_equals_input": 1, "moderation_flagged": 1}

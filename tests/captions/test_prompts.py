@@ -9,7 +9,8 @@ import pytest
 
 import editsynth_cli
 from datagen.captions.prompts import (SeedTriple, chat_messages, chat_response_format, choose_examples,
-                                      completion_prompt, load_seed_triples, parse_chat_reply, parse_completion)
+                                      completion_prompt, load_seed_triples)
+from datagen.captions.replies import read_reply
 from datagen.captions.validation import normalize
 from datagen.config import ConfigError
 
@@ -43,29 +44,6 @@ def test_completion_prompt_is_the_original_fine_tuned_format():
     assert completion_prompt("a red car", ex) == "a dog\n##\nmake it a cat\n%%\na cat\nEND\n\na red car\n##\n"
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("make it blue\n%%\na blue car", ("make it blue", "a blue car")),
-    (" make it blue \n%%\n a blue car\nEND", ("make it blue", "a blue car")),  # a server ignoring stop
-    ("make it blue a blue car", None),                                       # one part
-    ("make it blue\n%%\na blue car\n%%\nmore", None),                        # three parts
-    ("\n%%\na blue car", None), ("", None), (None, None),
-])
-def test_completion_replies_must_split_into_exactly_two_parts(text, expected):
-    reply = parse_completion(text)
-    assert (reply.edit, reply.output) == expected if expected else reply is None
-
-
-@pytest.mark.parametrize("text, expected", [
-    ('{"edit": "make it blue", "output": "a blue car"}', ("make it blue", "a blue car")),
-    ('```json\n{"edit": "e", "output": "o"}\n```', ("e", "o")),
-    ('{"edit": "e"}', None), ('{"edit": "e", "output": 3}', None), ('["e", "o"]', None),
-    ("not json", None), ('{"edit": " ", "output": "o"}', None), (None, None),
-])
-def test_chat_replies_must_be_json_with_edit_and_output(text, expected):
-    reply = parse_chat_reply(text)
-    assert (reply.edit, reply.output) == expected if expected else reply is None
-
-
 def test_chat_messages_put_examples_as_turns_and_ask_for_a_json_schema():
     ex = [SeedTriple("a dog", "make it a cat", "a cat", "object_swap")]
     msgs = chat_messages("a red car", ex)
@@ -94,8 +72,8 @@ def test_export_finetune_writes_openai_jsonl_of_every_seed(tmp_path, fmt, capsys
     if fmt == "chat":
         assert [m["role"] for m in rows[0]["messages"]] == ["system", "user", "assistant"]
         assert rows[0]["messages"][1]["content"] == seeds[0].input
-        assert parse_chat_reply(rows[0]["messages"][2]["content"]).output == seeds[0].output
+        assert read_reply(rows[0]["messages"][2]["content"]).output == seeds[0].output
     else:
         assert rows[0]["prompt"] == seeds[0].input + "\n##\n"
         assert rows[0]["completion"] == f"{seeds[0].edit}\n%%\n{seeds[0].output}\nEND"
-        assert parse_completion(rows[0]["completion"]).edit == seeds[0].edit
+        assert read_reply(rows[0]["completion"]).edit == seeds[0].edit

@@ -95,6 +95,26 @@ def test_sigkill_mid_run_then_rerun_loses_and_duplicates_nothing(tmp_path, api_k
     assert json.loads((out / "captions" / "summary.json").read_text())["count_out"] == 32
 
 
+def test_on_ray_a_systematic_4xx_mid_run_stops_the_cli_with_that_error(tmp_path):
+    """Past the probe, every caption gets the same 400: exit non-zero naming it, nothing marked done."""
+    captions = [f"a photo of {n} red apples on a table" for n in range(6)]
+    caption_file = write_captions(tmp_path / "c.txt", captions)
+    out, log = tmp_path / "run", tmp_path / "run.log"
+    with FakeOpenAI({c: ["400"] * 9 for c in captions}) as server:
+        sets = openai_overrides(server.base_url, caption_file, "chat", "captions.shard_size=3")
+        args = [sys.executable, "run_generation.py", "--pipeline", "smoke", "--stages", "captions",
+                "--out", str(out)] + [a for s in sets for a in ("--set", s)]
+        proc = processes.start(args, log, cwd=REPO, env=_env(**{KEY_ENV: SECRET}))
+        try:
+            rc = proc.wait(timeout=240)
+        finally:
+            processes.stop(proc)
+    text = log.read_text(errors="replace")
+    assert rc == 1, text[-3000:]
+    assert "error: captions shard" in text and "got the same answer, HTTP 400: scripted 400" in text
+    assert RunStore(out).done_shards("captions") == []
+
+
 NODE_IDS_SCRIPT = """
 import json, sys, ray
 ray.init(address=sys.argv[1], log_to_driver=False)
@@ -150,8 +170,9 @@ def test_ray_address_spreads_shards_over_both_nodes_and_matches_the_local_run(tm
     assert set(node_ids_by_resource) == {"node_a", "node_b"}
     caption_file = write_captions(tmp_path / "captions.txt", [f"a watercolour of {n} boats" for n in range(16)])
     out, log = tmp_path / "cluster", tmp_path / "cluster.log"
-    # rendezvous=2: the first two requests wait for each other, so two actors must be working at once
-    with FakeOpenAI(rendezvous=2, delay_s=0.05) as server:
+    # rendezvous=2: the first two requests after the probe wait for each other, so two actors must be
+    # working at once
+    with FakeOpenAI(rendezvous=2, rendezvous_skip=1, delay_s=0.05) as server:
         sets = openai_overrides(server.base_url, caption_file, "chat", "captions.shard_size=2",
                                 "captions.openai.concurrency=1", "captions.openai.timeout_s=90",
                                 "captions.resources.actors=2", "captions.resources.num_cpus=1")

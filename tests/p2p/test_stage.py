@@ -133,6 +133,33 @@ def test_a_shard_whose_candidates_all_fail_is_still_written(tmp_path, tiny_sd_di
     assert empty.count_in == 0 and store.read_table(STAGE, 1) == []
 
 
+def test_triples_the_text_encoder_cannot_tell_apart_are_not_rendered_but_counted(tmp_path, tiny_sd_dir):
+    from datagen.p2p.stage import render_one
+
+    past = LONG * 2  # well past the 77-token window
+    guarded = {"identical_captions": make_triple("a red circle on the left", "A red  circle on the left"),
+               "empty_caption": make_triple("a red circle on the left", " "),
+               "difference_past_window": make_triple(past + "and a red star", past + "and a blue star")}
+    cfg, store = make_run(tmp_path, tiny_sd_dir, [[TRIPLES[0], *guarded.values()]], num_candidates=2, steps=2,
+                          resources={"batch_size": 8, "num_cpus": 1})
+    stats = Worker(cfg, str(tmp_path)).process_shard(0)
+    rows = store.read_table(STAGE, 0)
+    by_triple = {r["triple_id"]: r for r in rows}
+    assert len(rows) == 8 and by_triple[TRIPLES[0].triple_id]["status"] == "ok"
+    for reason, triple in guarded.items():
+        row = by_triple[triple.triple_id]
+        assert (row["status"], row["failure_reason"]) == ("failed", reason)
+    assert set(store.read_tar(STAGE, 0)) == {r["candidate_id"] for r in rows if r["triple_id"] == TRIPLES[0].triple_id}
+    assert stats.count_out == 2 and stats.rejections == {reason: 2 for reason in guarded}
+    assert stats.extra["triples_not_rendered"] == {reason: 1 for reason in guarded}
+    # render-one drops the same specs from the chunk, so it still reproduces the shard's bytes
+    ok = next(r["candidate_id"] for r in rows if r["status"] == "ok")
+    stored = store.read_tar(STAGE, 0)[ok]
+    assert render_one(tmp_path, ok)[1].images == {k: v for k, v in stored.items() if k != "json"}
+    skipped = by_triple[guarded["identical_captions"].triple_id]["candidate_id"]
+    assert render_one(tmp_path, skipped)[1].candidate.failure_reason == "identical_captions"
+
+
 def test_jpeg_output_is_quality_100_jpeg(rendered_run, tiny_sd_dir):
     from datagen.p2p.render import CandidateRenderer
 

@@ -90,6 +90,53 @@ def test_bad_parameters_get_a_422_naming_the_field(editor_server):
     assert r.status_code == 400 and "base64" in r.text
 
 
+def _details(r: httpx.Response) -> str:
+    return " ".join(item["msg"] for item in r.json()["detail"])
+
+
+@pytest.mark.parametrize("instruction", ["", "   ", "\t \n"])
+def test_a_blank_instruction_is_refused_by_name_on_both_routes(editor_server, instruction):
+    r = edit(editor_server.url, noise_png(), instruction=instruction)
+    assert r.status_code == 422 and "instruction: empty or only spaces" in _details(r), r.text
+    r = httpx.post(f"{editor_server.url}/api/edit/json", timeout=30,
+                   json={"image_base64": base64.b64encode(noise_png()).decode(), "instruction": instruction})
+    assert r.status_code == 422 and "instruction: empty or only spaces" in _details(r), r.text
+
+
+def test_a_missing_instruction_is_told_apart_from_an_empty_one(editor_server):
+    r = httpx.post(f"{editor_server.url}/api/edit", files={"image": ("a.png", noise_png())}, timeout=30)
+    assert r.status_code == 422 and "instruction: missing" in _details(r)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_guidance_that_is_not_a_finite_number_names_the_field_and_its_range(editor_server, value):
+    r = edit(editor_server.url, noise_png(), image_guidance=value)
+    assert r.status_code == 422
+    assert "image_guidance: Input should be a finite number (allowed: a number from 0 to 30)" in _details(r)
+    body = ('{"image_base64": "%s", "instruction": "make it red", "text_guidance": %s}'
+            % (base64.b64encode(noise_png()).decode(), {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}[value]))
+    r = httpx.post(f"{editor_server.url}/api/edit/json", content=body, timeout=30,
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "text_guidance: Input should be a finite number" in _details(r)
+
+
+def test_a_422_names_the_limit_without_echoing_a_large_input(editor_server):
+    r = edit(editor_server.url, noise_png(), instruction="x" * 10_000)
+    assert r.status_code == 422 and len(r.content) < 600, len(r.content)
+    assert "instruction: String should have at most 1000 characters" in _details(r)
+    r = edit(editor_server.url, noise_png(), steps=5000)
+    assert r.status_code == 422 and r.json()["detail"][0]["input"] == "5000"      # short inputs still shown
+    assert "steps: Input should be less than or equal to" in _details(r)
+
+
+def test_a_decompression_bomb_is_refused_with_the_servers_own_pixel_limit(editor_server):
+    data, _ = BAD_UPLOADS["bomb-header"]
+    r = edit(editor_server.url, data)
+    assert r.status_code == 413
+    assert "10,000,000,000 pixels; the limit is 4,000,000" in r.json()["detail"]      # --max-pixels 4000000
+    assert "178" not in r.json()["detail"]                                            # not PIL's limit
+
+
 @pytest.mark.parametrize("kind", list(ODD_UPLOADS))
 def test_odd_but_valid_images_are_converted_and_edited(editor_server, kind):
     data = ODD_UPLOADS[kind]
