@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from datagen.p2p.loading import make_scheduler
 from datagen.p2p.reference import reference_candidate
 from datagen.p2p.render import CandidateRenderer
 from datagen.p2p.specs import shard_specs
+from datagen.schedulers import make_scheduler
 
 from .conftest import make_triple, render_config
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from datagen.p2p.loading import CheckpointError, load_pipeline, make_scheduler, select_dtype
+from datagen.p2p.loading import CheckpointError, load_pipeline, select_dtype
+from datagen.schedulers import make_scheduler
 
 
 def test_local_directory_loads_in_float32_on_cpu_with_the_named_scheduler(tiny_sd_dir):
@@ -42,9 +43,11 @@ def test_editing_checkpoint_is_refused_as_not_text_to_image(tmp_path):
         load_pipeline(str(tmp_path))
 
 
-def test_unknown_scheduler_lists_the_known_ones(loaded):
-    with pytest.raises(CheckpointError, match="EulerAncestralDiscreteScheduler"):
+def test_unknown_scheduler_lists_the_known_ones(loaded, tiny_sd_dir):
+    with pytest.raises(ValueError, match="EulerAncestralDiscreteScheduler"):
         make_scheduler("EulerAncestral", loaded.pipe.scheduler.config)
+    with pytest.raises(CheckpointError, match="unknown scheduler 'EulerAncestral'; diffusers has: .*EulerAncestralDiscreteScheduler"):
+        load_pipeline(str(tiny_sd_dir), scheduler="EulerAncestral")
 
 
 def test_float16_on_cpu_is_refused():
