@@ -1,7 +1,7 @@
 """Stage 1 throughput: our async backend against the original generator's one-request-at-a-time loop.
 
-Both talk to the same local OpenAI-compatible server (tests/captions/fake_openai.py) that answers
-every request after a fixed latency, standing in for a hosted model; both do the same work per
+Both talk to the same local OpenAI-compatible completions server (``LatencyServer`` below) that
+answers every request after a fixed latency, standing in for a hosted model; both do the same work per
 caption (the original fine-tuned completion format, parse, keep). The reference is the loop of
 the original generate_txt_dataset script: a synchronous client, one completion per caption, in
 order. Ours is a Stage 1 shard (``Worker.process_shard``): AsyncOpenAI with ``concurrency``
@@ -18,7 +18,9 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -29,9 +31,46 @@ from datagen.captions import stage  # noqa: E402
 from datagen.captions.prompts import completion_prompt  # noqa: E402
 from datagen.captions.replies import read_reply  # noqa: E402
 from datagen.config import load_config  # noqa: E402
-from tests.captions.fake_openai import FakeOpenAI  # noqa: E402
 
 KEY_ENV = "EDITSYNTH_BENCH_KEY"
+PROMPT_SEP = "\n##\n"   # the fine-tuned format's prompt end (datagen/captions/prompts.py)
+
+
+class LatencyServer:
+    """POST /v1/completions on 127.0.0.1: after ``delay_s``, the completion ``make it snowy %% <caption>
+    in the snow`` for the caption of the prompt, as a fine-tuned model would write it."""
+
+    def __init__(self, delay_s: float):
+        delay = delay_s
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                caption = body["prompt"].removesuffix(PROMPT_SEP).split("\nEND\n\n")[-1]
+                time.sleep(delay)
+                reply = json.dumps({"id": "cmpl", "object": "text_completion", "created": 0, "model": body["model"],
+                                    "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                                                 "text": f"make it snowy\n%%\n{caption} in the snow"}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args):
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def __enter__(self):
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self._server.shutdown()
+        self._server.server_close()
 
 
 def reference_loop(base_url: str, captions: list[str]) -> int:
@@ -70,7 +109,7 @@ def main() -> None:
 
     captions = [f"a photo of {i} red apples on a wooden table" for i in range(args.captions)]
     times = {"ours": [], "reference": []}
-    with tempfile.TemporaryDirectory() as d, FakeOpenAI(delay_s=args.latency_ms / 1000) as server:
+    with tempfile.TemporaryDirectory() as d, LatencyServer(args.latency_ms / 1000) as server:
         caption_file = Path(d) / "captions.txt"
         caption_file.write_text("\n".join(captions) + "\n")
         for _ in range(args.repeats):
