@@ -3,7 +3,6 @@ its own logical resources and temp dir, stopped by its pid (and its descendants)
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 import sys

@@ -3,11 +3,8 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import shutil
 import signal
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,13 +13,13 @@ from datagen.captions import stage
 from datagen.config import load_config
 from datagen.run import run_pipeline
 from datagen.store import RunStore
+from tests.ray_cluster import ray_cluster
 
 from . import processes
 from .conftest import KEY_ENV, SECRET, openai_config, openai_overrides, write_captions
 from .fake_openai import FakeOpenAI
 
 REPO = Path(__file__).resolve().parents[2]
-RAY = str(Path(sys.executable).parent / "ray")
 
 
 def _plain_rows(cfg, out: Path) -> list[dict]:
@@ -135,34 +132,8 @@ def _node_ids_by_resource(address: str, env: dict) -> dict[str, str]:
 @pytest.fixture
 def two_node_cluster():
     """A head node (resource node_a) and a second node (node_b) joining it on 127.0.0.1."""
-    port = processes.free_port()
-    token = secrets.token_hex(32)
-    env = _env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, **{KEY_ENV: SECRET})
-    temp_dirs = [tempfile.mkdtemp(prefix=f"es-ray-{n}-", dir="/tmp") for n in "ab"]  # short: socket paths
-    nodes = []
-    try:
-        for i, (name, temp_dir) in enumerate(zip(("node_a", "node_b"), temp_dirs)):
-            role = ["--head", f"--port={port}", "--include-dashboard=false",
-                    f"--dashboard-port={processes.free_port()}"] if i == 0 else [f"--address=127.0.0.1:{port}"]
-            log = Path(temp_dir) / "start.log"
-            args = [RAY, "start", "--block", *role, "--node-ip-address=127.0.0.1", "--num-cpus=1",
-                    f"--resources={json.dumps({name: 1})}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
-                    f"--node-manager-port={processes.free_port()}", f"--object-manager-port={processes.free_port()}",
-                    f"--dashboard-agent-listen-port={processes.free_port()}",
-                    f"--dashboard-agent-grpc-port={processes.free_port()}",
-                    f"--metrics-export-port={processes.free_port()}",
-                    f"--runtime-env-agent-port={processes.free_port()}",
-                    "--object-store-memory=100000000"]
-            proc = processes.start(args, log, env=env)
-            nodes.append(proc)
-            processes.wait_for(lambda: "Ray runtime started" in log.read_text(errors="replace"), 120,
-                               f"ray start ({name})", proc, log)
-        yield f"127.0.0.1:{port}", env, _node_ids_by_resource(f"127.0.0.1:{port}", env)
-    finally:
-        for proc in reversed(nodes):
-            processes.stop(proc, grace_s=3)
-        for d in temp_dirs:
-            shutil.rmtree(d, ignore_errors=True)
+    with ray_cluster({"node_a": {"num_cpus": 1}, "node_b": {"num_cpus": 1}}, _env(**{KEY_ENV: SECRET})) as (address, env, _):
+        yield address, env, _node_ids_by_resource(address, env)
 
 
 def test_ray_address_spreads_shards_over_both_nodes_and_matches_the_local_run(tmp_path, api_key, two_node_cluster):
