@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from datagen.shapes import data, grammar, oracle
+from datagen.shapes import data, oracle
 from datagen.shapes.models import (
     CLIP_PRESETS,
     SHIPPED_CLIP,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+from array import array
 from pathlib import Path
 
 from datagen.config import CaptionSourceConfig, ConfigError
@@ -33,26 +34,30 @@ def clean_caption(value) -> str:
 
 
 class CaptionSource:
-    """The captions of a run, loaded once; ``size()`` is None for the unbounded shapes source."""
+    """The captions of a run, read a slice at a time: a source of millions of rows is never held
+    whole (a text file is indexed by line offsets, parquet read by row group, a Hugging Face dataset
+    memory-mapped). ``size()`` is None for the unbounded shapes source."""
 
     def __init__(self, cfg: CaptionSourceConfig, run_seed: int):
         self.cfg = cfg
         self.run_seed = run_seed
-        self._captions: list[str] | None = None
+        self._reader = None
         self._shapes_cache: list[str] = []
 
     # --- public -------------------------------------------------------------------------
     def size(self) -> int | None:
         if self.cfg.kind == "shapes":
             return self.cfg.limit
-        return len(self._finite())
+        n = len(self._finite())
+        return n if self.cfg.limit is None else min(n, self.cfg.limit)
 
     def captions(self, start: int, stop: int) -> list[str]:
         """The caption texts of indices ``[start, stop)``."""
         if self.cfg.kind == "shapes":
             self._extend_shapes(stop)
             return self._shapes_cache[start:stop]
-        return self._finite()[start:stop]
+        stop = min(stop, self.size())
+        return [clean_caption(c) for c in self._finite().read(start, stop)] if start < stop else []
 
     def get(self, start: int, stop: int) -> list[SourceCaption]:
         return [SourceCaption(source_id(i, c), c) for i, c in zip(range(start, stop), self.captions(start, stop))]
@@ -61,13 +66,12 @@ class CaptionSource:
         return {"shipped": f"shipped captions ({SHIPPED_CAPTIONS.name})", "shapes": "shapes-world scenes"}.get(
             self.cfg.kind, f"{self.cfg.kind} {self.cfg.path}")
 
-    # --- loading ------------------------------------------------------------------------
-    def _finite(self) -> list[str]:
-        if self._captions is None:
-            loaded = _LOADERS[self.cfg.kind](self.cfg)
-            self._captions = [clean_caption(c) for c in loaded[: self.cfg.limit]]
-            log.info("caption source: %d caption(s) from %s", len(self._captions), self.describe())
-        return self._captions
+    # --- reading ------------------------------------------------------------------------
+    def _finite(self):
+        if self._reader is None:
+            self._reader = _READERS[self.cfg.kind](self.cfg)
+            log.info("caption source: %d caption(s) in %s", len(self._reader), self.describe())
+        return self._reader
 
     def _extend_shapes(self, stop: int) -> None:
         from datagen.shapes import grammar, world
@@ -78,63 +82,111 @@ class CaptionSource:
             self._shapes_cache.append(grammar.caption(scene))
 
 
-def _load_shipped(cfg: CaptionSourceConfig) -> list[str]:
-    lines = SHIPPED_CAPTIONS.read_text(encoding="utf-8").splitlines()
-    return [line for line in lines if line.strip() and not line.startswith("#")]
+class LineSource:
+    """The kept lines of a text or JSON-lines file, by index: one pass records where each kept line
+    starts (and checks every line, so a bad line fails before any work); a slice seeks to it."""
+
+    def __init__(self, path: Path, keep, parse=lambda line, n: line):
+        self.path, self.parse = path, parse
+        self.offsets = array("q")
+        with path.open("rb") as f:
+            offset = 0
+            for n, raw in enumerate(f, 1):
+                line = raw.decode("utf-8").rstrip("\r\n")
+                if keep(line):
+                    parse(line, n)
+                    self.offsets.append(offset)
+                offset += len(raw)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def read(self, start: int, stop: int) -> list[str]:
+        out = []
+        with self.path.open("rb") as f:
+            for offset in self.offsets[start:stop]:
+                f.seek(offset)
+                out.append(self.parse(f.readline().decode("utf-8").rstrip("\r\n"), None))
+        return out
 
 
-def _load_file(cfg: CaptionSourceConfig) -> list[str]:
+class ParquetSource:
+    """One column of a parquet file, read by the row groups that hold a slice."""
+
+    def __init__(self, path: Path, column: str):
+        import pyarrow.parquet as pq
+
+        self.file, self.column = pq.ParquetFile(path), column
+        names = self.file.schema_arrow.names
+        if column not in names:
+            raise ConfigError(f"captions.source.column: {column!r} not in {path} (columns: {', '.join(names)})")
+        sizes = [self.file.metadata.row_group(g).num_rows for g in range(self.file.num_row_groups)]
+        self.starts = [sum(sizes[:g]) for g in range(len(sizes) + 1)]
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def read(self, start: int, stop: int) -> list[str]:
+        groups = [g for g in range(self.file.num_row_groups) if self.starts[g] < stop and self.starts[g + 1] > start]
+        values = self.file.read_row_groups(groups, columns=[self.column]).column(0).to_pylist()
+        first = self.starts[groups[0]]
+        return values[start - first: stop - first]
+
+
+class HFSource:
+    """One column of a Hugging Face dataset split (memory-mapped Arrow: a slice reads only itself)."""
+
+    def __init__(self, cfg: CaptionSourceConfig):
+        try:
+            self.dataset = open_hf_split(cfg.path, cfg.split)
+        except DatasetOpenError as e:
+            raise ConfigError(f"captions.source.{e.about}: {e}") from None
+        if cfg.column not in self.dataset.column_names:
+            raise ConfigError(f"captions.source.column: {cfg.column!r} not in dataset {cfg.path!r} "
+                              f"(columns: {', '.join(self.dataset.column_names)})")
+        self.column = cfg.column
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def read(self, start: int, stop: int) -> list[str]:
+        return self.dataset[start:stop][self.column]
+
+
+def _text_lines(path: Path, skip_comments: bool = False) -> LineSource:
+    return LineSource(path, keep=lambda line: bool(line.strip()) and not (skip_comments and line.startswith("#")))
+
+
+def _jsonl_lines(path: Path, column: str) -> LineSource:
+    def value(line: str, n: int | None) -> str:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"captions.source.path: {path} line {n}: not valid JSON ({e})") from None
+        if not isinstance(row, dict) or column not in row:
+            keys = ", ".join(row) if isinstance(row, dict) else type(row).__name__
+            raise ConfigError(f"captions.source.column: {column!r} missing in {path} line {n} (has: {keys})")
+        return row[column]
+
+    return LineSource(path, keep=lambda line: bool(line.strip()), parse=value)
+
+
+def _read_shipped(cfg: CaptionSourceConfig) -> LineSource:
+    return _text_lines(SHIPPED_CAPTIONS, skip_comments=True)
+
+
+def _read_file(cfg: CaptionSourceConfig):
     path = Path(cfg.path)
     if not path.is_file():
         raise ConfigError(f"captions.source.path: file not found: {path}")
     suffix = "".join(path.suffixes[-1:]).lower()
     if suffix == ".txt":
-        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return _text_lines(path)
     if suffix == ".jsonl":
-        return _load_jsonl(path, cfg.column)
+        return _jsonl_lines(path, cfg.column)
     if suffix == ".parquet":
-        return _load_parquet(path, cfg.column)
+        return ParquetSource(path, cfg.column)
     raise ConfigError(f"captions.source.path: {path}: unsupported file type {suffix!r} (use .txt, .jsonl or .parquet)")
 
 
-def _load_jsonl(path: Path, column: str) -> list[str]:
-    captions = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"captions.source.path: {path} line {n}: not valid JSON ({e})") from None
-            if not isinstance(row, dict) or column not in row:
-                keys = ", ".join(row) if isinstance(row, dict) else type(row).__name__
-                raise ConfigError(f"captions.source.column: {column!r} missing in {path} line {n} (has: {keys})")
-            captions.append(row[column])
-    return captions
-
-
-def _load_parquet(path: Path, column: str) -> list[str]:
-    import pyarrow.parquet as pq
-
-    names = pq.read_schema(path).names
-    if column not in names:
-        raise ConfigError(f"captions.source.column: {column!r} not in {path} (columns: {', '.join(names)})")
-    return pq.read_table(path, columns=[column]).column(column).to_pylist()
-
-
-def _load_hf(cfg: CaptionSourceConfig) -> list[str]:
-    """A dataset directory saved with ``save_to_disk``, or anything ``load_dataset`` accepts."""
-    try:
-        ds = open_hf_split(cfg.path, cfg.split)
-    except DatasetOpenError as e:
-        raise ConfigError(f"captions.source.{e.about}: {e}") from None
-    if cfg.column not in ds.column_names:
-        raise ConfigError(f"captions.source.column: {cfg.column!r} not in dataset {cfg.path!r} "
-                          f"(columns: {', '.join(ds.column_names)})")
-    if cfg.limit is not None and cfg.limit < len(ds):
-        ds = ds.select(range(cfg.limit))
-    return ds[cfg.column]
-
-
-_LOADERS = {"shipped": _load_shipped, "file": _load_file, "hf": _load_hf}
+_READERS = {"shipped": _read_shipped, "file": _read_file, "hf": HFSource}

@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from dataclasses import fields
 
+import numpy as np
 import pyarrow as pa
 
 from datagen.config import CaptionsConfig, PipelineConfig
@@ -31,6 +32,20 @@ log = logging.getLogger(__name__)
 
 STAGE = "captions"
 TRIPLE_SCHEMA = pa.schema([(f.name, pa.string()) for f in fields(Triple)])
+DUPLICATES_FILE = "duplicates.npy"   # one bit per source caption: it repeats an earlier one
+
+
+def load_duplicates(store: RunStore, source: CaptionSource, count: int, slice_size: int = 100_000):
+    """The run's duplicate flags of its ``count`` source captions (``captions/duplicates.npy``),
+    found in one streaming pass over the source the first time and kept in the run."""
+    path = store.stage_dir(STAGE) / DUPLICATES_FILE
+    if path.exists():
+        return np.unpackbits(np.load(path))[:count].astype(bool)
+    flags = duplicate_flags(source.captions(s, min(s + slice_size, count)) for s in range(0, count, slice_size))
+    with store.atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, np.packbits(flags))
+    return flags
 
 
 def planned_count(cfg: CaptionsConfig, source: CaptionSource) -> int:
@@ -47,7 +62,10 @@ def plan_shards(cfg: PipelineConfig, store: RunStore) -> list[int]:
     ccfg = cfg.captions
     if ccfg.backend == "openai":
         api_key(ccfg.openai)  # a missing key fails here, before any Ray actor starts
-    count = planned_count(ccfg, CaptionSource(ccfg.source, cfg.seed))
+    source = CaptionSource(ccfg.source, cfg.seed)
+    count = planned_count(ccfg, source)
+    if ccfg.validation.dedup:
+        load_duplicates(store, source, count)   # once per run, here in the driver; actors read the flags
     return list(range(math.ceil(count / ccfg.shard_size)))
 
 
@@ -73,12 +91,14 @@ class Worker:
         self.validator = Validator(self.ccfg.validation)
         self.backend = make_backend(self.ccfg, cfg.seed)
         self.moderator = Moderator(self.ccfg.openai) if self.ccfg.openai.moderation else None
-        self._duplicates: list[bool] | None = None
+        self._duplicates = None
 
-    def duplicates(self) -> list[bool]:
+    def duplicates(self):
+        """Which source captions repeat an earlier one: found once per run by ``plan_shards`` (the
+        driver) and read here, so no actor reads the whole source."""
         if self._duplicates is None:
-            captions = self.source.captions(0, self.count)
-            self._duplicates = duplicate_flags(captions) if self.ccfg.validation.dedup else [False] * len(captions)
+            self._duplicates = (load_duplicates(self.store, self.source, self.count) if self.ccfg.validation.dedup
+                                else np.zeros(self.count, dtype=bool))
         return self._duplicates
 
     def process_shard(self, shard: int) -> ShardStats:

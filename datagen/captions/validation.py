@@ -12,7 +12,10 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Sequence
+import hashlib
+from typing import Iterable, Sequence
+
+import numpy as np
 
 from datagen.config import OpenAIBackendConfig, ValidationConfig
 
@@ -33,14 +36,14 @@ def normalize(text: str) -> str:
     return " ".join(text.strip().strip(" .!?").lower().split())
 
 
-def duplicate_flags(captions: Sequence[str]) -> list[bool]:
-    """``flags[i]`` is True when caption ``i`` equals (normalized) an earlier one."""
-    seen: set[str] = set()
-    flags = []
-    for caption in captions:
-        key = normalize(caption)
-        flags.append(key in seen)
-        seen.add(key)
+def duplicate_flags(slices: Iterable[Sequence[str]]) -> np.ndarray:
+    """``flags[i]`` is True when caption ``i`` (of the slices, in order) equals (normalized) an
+    earlier one. Holds 8 bytes per caption (a 64-bit hash of its key), never the texts, so a source
+    of millions of captions is checked in one streaming pass."""
+    keys = np.fromiter((int.from_bytes(hashlib.blake2b(normalize(c).encode(), digest_size=8).digest(), "little")
+                        for captions in slices for c in captions), dtype=np.uint64)
+    flags = np.ones(len(keys), dtype=bool)
+    flags[np.unique(keys, return_index=True)[1]] = False   # the first occurrence of each key is no duplicate
     return flags
 
 

@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from PIL import Image
 
 from datagen.clip.loading import LoadedClip, load_clip

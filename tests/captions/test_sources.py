@@ -87,3 +87,39 @@ def test_bad_sources_fail_with_an_error_naming_the_key(tmp_path, make, message):
     with pytest.raises(ConfigError, match=message) as err:
         CaptionSource(make(tmp_path), 0).size()
     assert str(err.value).startswith("captions.source.")
+
+
+@pytest.mark.parametrize("name", ["c.txt", "c.jsonl", "c.parquet"])
+def test_a_file_source_reads_any_slice_as_the_whole_list_has_it(tmp_path, name):
+    # Sources of millions of rows are read a slice per shard: every slice must equal the same
+    # part of the whole list (blank lines skipped, parquet across row groups).
+    captions = [f"caption number {i}" for i in range(50)]
+    path = tmp_path / name
+    if name.endswith(".txt"):
+        path.write_text("".join(c + ("\n\n" if i % 7 == 0 else "\n") for i, c in enumerate(captions)))
+    elif name.endswith(".jsonl"):
+        path.write_text("".join(json.dumps({"caption": c}) + "\n" + ("\n" if i % 5 == 0 else "")
+                                for i, c in enumerate(captions)))
+    else:
+        pq.write_table(pa.table({"caption": captions}), path, row_group_size=8)
+    src = CaptionSource(CaptionSourceConfig(kind="file", path=str(path), column="caption"), 0)
+    assert src.size() == 50
+    for start, stop in ((0, 50), (3, 17), (16, 24), (49, 60), (7, 7)):
+        assert src.captions(start, stop) == captions[start:min(stop, 50)]
+
+
+def test_the_run_finds_duplicate_captions_once_and_actors_read_its_flags(tmp_path):
+    from datagen.captions import stage
+    from datagen.config import load_config
+    from datagen.store import RunStore
+
+    path = tmp_path / "c.txt"
+    path.write_text("a cat\na dog\nA cat.\na bird\na DOG\n")
+    cfg = load_config("shapes", [f"captions.source.path={path}", "captions.source.kind=file",
+                                 "captions.num_triples=5", "captions.shard_size=2"])
+    store = RunStore(tmp_path / "run")
+    assert stage.plan_shards(cfg, store) == [0, 1, 2]
+    assert (store.stage_dir("captions") / stage.DUPLICATES_FILE).exists()
+    worker = stage.Worker(cfg, str(tmp_path / "run"))
+    worker.source.captions = None          # an actor must not read the source to find duplicates
+    assert list(worker.duplicates()) == [False, False, True, False, True]

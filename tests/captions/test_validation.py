@@ -13,7 +13,9 @@ def test_output_equal_to_input_after_strip_and_lowercase_is_rejected():
 
 
 def test_duplicates_keep_the_first_occurrence_in_source_order():
-    assert duplicate_flags(["A cat.", "a dog", "a cat", "A DOG!", "a bird"]) == [False, False, True, True, False]
+    flags = [False, False, True, True, False]
+    assert list(duplicate_flags([["A cat.", "a dog", "a cat", "A DOG!", "a bird"]])) == flags
+    assert list(duplicate_flags([["A cat."], ["a dog", "a cat"], [], ["A DOG!", "a bird"]])) == flags  # any slicing
 
 
 def test_length_limits_name_the_part_that_broke_them():
