@@ -74,6 +74,15 @@ def render_shard(renderer: CandidateRenderer, cfg: PipelineConfig, triples: list
         yield renderer.render_chunk(by_id, specs, counters)
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (an actor's: it renders shard after shard)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)   # bytes on macOS, KiB on Linux
+
+
 def sample_of(r: RenderedCandidate) -> dict[str, bytes]:
     row = json.dumps(r.candidate.to_row(), sort_keys=True).encode()
     return {"__key__": r.candidate.candidate_id, **r.images, "json": row}
@@ -121,7 +130,7 @@ class Worker:
                      triples_not_rendered=dict(Counter(not_rendered.values())), device=str(self.renderer.loaded.device),
                      dtype=str(self.renderer.loaded.dtype).replace("torch.", ""), model_id=self.cfg.render.model,
                      unet_row_saving=round(1 - counters.unet_rows / max(counters.unet_rows_unshared, 1), 4),
-                     bytes_written=written)
+                     bytes_written=written, peak_rss_mb=peak_rss_mb())
         stats = ShardStats(stage=STAGE, shard=shard, count_in=len(triples), count_out=ok,
                            seconds=round(time.perf_counter() - t0, 3), rejections=failures, extra=extra)
         self.store.write_stats(stats)
