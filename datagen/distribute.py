@@ -58,7 +58,9 @@ def init_ray(address: str | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+        # address="local": always a new private Ray. Without it ray.init() joins whatever cluster this
+        # machine started last (RAY_ADDRESS, /tmp/ray/ray_current_cluster), even a dead one.
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
 
 
 def run_shards(

@@ -26,3 +26,17 @@ def test_overwrite_redoes_every_shard_of_the_named_stage_and_resume_redoes_none(
     assert all(store.stats_path("captions", s).stat().st_mtime > 1 for s in store.done_shards("captions"))
     assert not (store.stage_dir("captions") / "stray.tmp").exists()    # the stage folder was started over
     assert store.read_stage("captions") == first                       # and made the same triples
+
+
+def test_a_local_run_starts_its_own_ray_and_joins_no_other_cluster():
+    # Regression: ray.init() with no address joins the cluster this machine started last (RAY_ADDRESS,
+    # /tmp/ray/ray_current_cluster), and hung on one that had died. A local run starts its own.
+    import subprocess
+    import sys
+
+    script = ("from datagen.distribute import init_ray; import ray; init_ray(None); "
+              "print(len(ray.nodes())); ray.shutdown()")
+    env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:9"}   # nothing listens there
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "1"

@@ -445,7 +445,7 @@ def train_on_ray(cfg: TrainConfig, out: str | Path, num_workers: int, ray_addres
         if ray_address:
             ray.init(address=ray_address, runtime_env=runtime_env, log_to_driver=False)
         else:
-            ray.init(include_dashboard=False, log_to_driver=False, runtime_env=runtime_env,
+            ray.init(address="local", include_dashboard=False, log_to_driver=False, runtime_env=runtime_env,
                      _node_ip_address="127.0.0.1")
     if use_gpu is None:
         use_gpu = cfg.resources.num_gpus > 0
