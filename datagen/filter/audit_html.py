@@ -243,8 +243,10 @@ def render_report(store: RunStore, audit, numbers: dict[str, Any], sources: dict
         if extras:
             oracle_html += ("<h3>Does each stage add value? (same triples and seeds)</h3>"
                             + _table(["", "value"], extras))
-    sampled = (f"<p class='note'>Computed on a random sample of whole triples: {numbers['rows_used']} of "
-               f"{numbers['rows_total']} candidates.</p>" if numbers["sampled"] else "")
+    sampled = (f"<p class='note'>Counts, distributions, sweeps, marginal effects and the grid are over all "
+               f"{numbers['rows_total']} candidates; histograms, figures against labels, breakdowns and images are "
+               f"over a random sample of whole filter shards: {numbers['rows_used']} candidates.</p>"
+               if numbers["sampled"] else "")
     overrides = f" (refiltered: {_e(', '.join(numbers['overrides']))})" if numbers["overrides"] else ""
     return f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>editsynth audit</title>
 <style>{_CSS}</style></head><body>
