@@ -43,7 +43,11 @@ def _refilter(args) -> int:
     if info["selected_without_images"]:
         print(f"warning: {info['selected_without_images']} selected candidates are outside the keep bound "
               f"{info['keep_bound']}: no stored images, the export skips them")
-    if not args.export:
+    if args.export:
+        made = info["export"]["export_shards"]
+        print(f"exported {info['export']['pairs']} pairs: {made['written']} of {made['total']} export shards "
+              f"rewritten (their filter shard's selection changed), {made['reused']} reused; files repacked")
+    else:
         print(f"the export in {args.run}/export (if any) still holds the previous selection: "
               f"`editsynth export --run {args.run}` or refilter with --export")
     return 0
