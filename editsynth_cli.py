@@ -21,7 +21,9 @@ CLI_MODULES = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every room's subcommands; with ``command``, of the rooms up to the one that
+    registers it (the rooms after it may import torch: 800 MB and seconds a refilter never needs)."""
     parser = argparse.ArgumentParser(
         prog="editsynth",
         description="Make instruction-based image-editing datasets (InstructPix2Pix style) "
@@ -37,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+        if command is not None and command in sub.choices:
+            break
     return parser
 
 
@@ -46,12 +50,21 @@ def quiet_http_loggers() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _command(argv: list[str]) -> str | None:
+    """The subcommand named on the command line (the first word that is not a global flag)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(_command(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     quiet_http_loggers()
+    from datagen.distribute import quiet_ray_logging
+
+    quiet_ray_logging(args.verbose)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -19,6 +19,21 @@ from .records import ShardStats
 
 log = logging.getLogger(__name__)
 
+_RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune")
+_ray_verbose = False
+
+
+def quiet_ray_logging(verbose: bool | None = None) -> None:
+    """Ray's own log lines and progress bars only with ``-v``: off a terminal, Ray Data logs
+    "Total Progress: 0/?" every 10 s. Our lines (datagen.*) stay. Applied again after Ray is
+    imported, because importing Ray configures its loggers."""
+    global _ray_verbose
+    if verbose is not None:
+        _ray_verbose = verbose
+    if not _ray_verbose:
+        for name in _RAY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
 
 class _ShardActor:
     """Ray Data callable class: builds the stage worker once, then processes shard ids."""
@@ -36,7 +51,9 @@ class _ShardActor:
 def init_ray(address: str | None = None) -> None:
     """Connect to ``address`` (a cluster) or start/attach a local Ray once per process."""
     import ray
+    import ray.data  # noqa: F401  (configures the ray.data logger: quiet it after)
 
+    quiet_ray_logging()
     if ray.is_initialized():
         return
     if address:
@@ -64,7 +81,7 @@ def run_shards(
         return []
     init_ray(ray_address)
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = True
+    ctx.enable_progress_bars = _ray_verbose   # our lines below say which shard is done
     ctx.execution_options.preserve_order = False
     actors = max(1, min(resources.actors, len(shards)))
     log.info("%s: %d shard(s) on %d actor(s) (cpus=%s gpus=%s each)", stage, len(shards), actors,
@@ -82,4 +99,9 @@ def run_shards(
             max_restarts=2,      # actors: restart a dead actor and retry its shard (was max_retries, a task-only option)
             max_task_retries=2,
         )
-    return [ShardStats.from_row(json.loads(r["stats"])) for r in out.take_all()]
+    done = []
+    for row in out.iter_rows():
+        done.append(ShardStats.from_row(json.loads(row["stats"])))
+        log.info("%s: shard %d done in %.1f s (%d of %d)", stage, done[-1].shard, done[-1].seconds, len(done),
+                 len(shards))
+    return done

@@ -27,11 +27,10 @@ from datagen.store import RunStore
 
 from .audit_rows import OFF, RowFigures, _r, sweep_values
 from .labels import DEFAULT_LABELS, load_labels
-from .metrics import METRICS
 from .oracle import oracle_summary, write_oracle_json
 from .score_query import score_files
 from .selection import THRESHOLD_METRIC, Selector, Thresholds
-from .table import STAGE, load_run_config, read_oracle, read_scores, read_selection_info
+from .table import SELECTION_FILE, STAGE, load_run_config, read_oracle, read_scores, read_selection_info
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +90,7 @@ class Audit:
         self.scores, self.t, self.k, self.keep = scores, t, max_pairs, keep
         self.selector = Selector(scores)
         self.ok = np.asarray(scores["status"] == "ok", dtype=bool)
-        self.values = {m: scores[m].to_numpy(dtype=float) for m in METRICS}
+        self.values = {m: scores[m].to_numpy(dtype=float) for m in THRESHOLD_METRIC.values()}
         self.passing = self.passes(t)
         self.selected = self.selector.select(t, max_pairs, self.passing)
 
@@ -115,7 +114,7 @@ class Audit:
             row = {"group": str(group) or "(none)", "candidates": int(len(g)), "scored": scored,
                    "pass_rate": _r(g["_pass"].sum() / scored, 4) if scored else None,
                    "selected": int(g["_sel"].sum()),
-                   **{f"mean_{m}": _r(g.loc[g["_ok"], m].mean(), 4) for m in METRICS}}
+                   **{f"mean_{m}": _r(g.loc[g["_ok"], m].mean(), 4) for m in THRESHOLD_METRIC.values()}}
             if correct is not None:
                 lab = g.dropna(subset=["_correct"])
                 row["correct_rate"] = _r(lab["_correct"].astype(bool).mean(), 4) if len(lab) else None
@@ -189,7 +188,9 @@ def audit_run(run: str | Path, labels_path: str | Path | None = None, target_pre
     cfg = load_run_config(run)
     t, k, overrides = _thresholds_in_effect(cfg, store)
     keep = Thresholds.keep_bound(cfg.filter)
-    rows = RowFigures(score_files(store), t, k)     # over every row, never held whole
+    sel = store.stage_dir(STAGE) / SELECTION_FILE    # the stored selection of these thresholds, if any
+    stored = pq.read_table(sel, columns=["triple_id", "images_kept"]) if read_selection_info(store) and sel.exists() else None
+    rows = RowFigures(score_files(store), t, k, selection=stored)   # over every row, never held whole
     scores = read_sample(store, max_rows, seed)    # what the report draws and shows per item
     audit = Audit(scores, t, k, keep)
     sources = label_sources(store, labels_path)

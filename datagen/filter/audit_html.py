@@ -16,7 +16,6 @@ import pandas as pd
 from datagen.store import RunStore
 
 from . import svgplot
-from .metrics import METRICS
 from .selection import THRESHOLD_METRIC
 from .table import image_pair, read_images_for
 
@@ -215,7 +214,7 @@ def render_report(store: RunStore, audit, numbers: dict[str, Any], sources: dict
         for name, rows in numbers["sweeps"].items())
 
     def breakdown(rows):
-        cols = ["group", "candidates", "scored", "pass_rate", "selected"] + [f"mean_{m}" for m in METRICS]
+        cols = ["group", "candidates", "scored", "pass_rate", "selected"] + [f"mean_{m}" for m in THRESHOLD_METRIC.values()]
         if rows and "correct_rate" in rows[0]:
             cols += ["correct_rate", "correct_rate_kept"]
         return _table(cols, [[r.get(c) for c in cols] for r in rows])

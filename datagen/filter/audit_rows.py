@@ -6,20 +6,21 @@ grid are exact over all candidates, at any scale, in bounded memory:
     (45M candidates: 360 MB), in table order, so mean and quantiles are numpy's on the table;
   - pass counts: one streaming pass over the shards that histograms each metric against the
     sweep values (a candidate passes ``value`` iff it falls in a bin at or above it);
-  - pairs kept: top-k per triple keeps min(k, passers) pairs, so pairs kept as one threshold
-    moves are the count of the triple's k best values of that metric (among the candidates
-    passing the other thresholds) at or above the value. DuckDB collects those k best per
-    triple in one GROUP BY (score_query.py), for every sweep and every grid row at once.
+  - pairs kept: top-k per triple keeps min(k, passers) pairs, whatever the order, so the
+    same pass counts per triple (bin counts of each swept metric among the candidates passing
+    the other thresholds; 2-D bins for the grid) give pairs kept at every point: 45M rows
+    become 450K triples x ~150 bins of int32 (270 MB).
 """
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .score_query import at_least, connect, passes_sql, selected_sql
+from .score_query import connect, selected_sql
 from .selection import THRESHOLD_METRIC, Thresholds
 
 GRID_ROWS, GRID_COLS = "min_direction", "min_image"
@@ -69,74 +70,76 @@ def _count_at_least(hist: np.ndarray, edges: list[float], value: float) -> int:
     return int(hist[edges.index(value) + 1:].sum())
 
 
-def _top_values_at_least(top: np.ndarray, value: float) -> int:
-    """How many of the sorted top-k values are >= ``value``: the pairs top-k keeps there."""
-    return int(len(top) - np.searchsorted(top, value, side="left"))
-
-
 class RowFigures:
     """The all-row figures of the stored scores ``files`` under thresholds ``t`` and top ``max_pairs``."""
 
     def __init__(self, files: list[str], t: Thresholds, max_pairs: int, n_sweep: int = 21, n_grid: int = 6,
-                 filesystem: Any = None):
+                 filesystem: Any = None, selection: pa.Table | None = None):
         self.files, self.t, self.k, self.fs = files, t, max_pairs, filesystem
         self.n_sweep, self.n_grid = n_sweep, n_grid
         self.capacity = sum(pq.ParquetFile(f, filesystem=filesystem).metadata.num_rows for f in files) if files else 0
         self._metric_pass()
         self._count_pass()
-        self._top_k_pass()
+        self._selected_without_images(selection)
+
+    def _read(self, f: str, columns: list[str]) -> pa.Table:
+        return pq.read_table(f, columns=columns, filesystem=self.fs)
 
     # --- pass 1: per metric, the scored values in table order -----------------------------
     def _scored_values(self, metric: str) -> np.ndarray:
         buf = np.empty(self.capacity, dtype=np.float64)
         n = 0
-        for f in self.files:
-            table = pq.read_table(f, columns=["status", metric], filesystem=self.fs)
-            v = pc.filter(table[metric], pc.equal(table["status"], "ok")).to_numpy(zero_copy_only=False)
+        for i, f in enumerate(self.files):
+            if self._ok[i] is None:
+                self._ok[i] = pc.equal(self._read(f, ["status"])["status"], "ok").to_numpy(zero_copy_only=False)
+            v = self._read(f, [metric])[metric].to_numpy(zero_copy_only=False)[self._ok[i]]
             buf[n:n + len(v)] = v
             n += len(v)
         return buf[:n]
 
     def _metric_pass(self) -> None:
+        self._ok: list[np.ndarray | None] = [None] * len(self.files)   # status == ok, per shard (1 byte a row)
         self.distributions: dict[str, dict] = {}
         self.sweep_edges: dict[str, list[float]] = {}    # per threshold: its sweep values and its current value
         self.sweep_points: dict[str, list[float]] = {}
         axis_q = {}
-        names = {metric: name for name, metric in THRESHOLD_METRIC.items()}
-        for metric in THRESHOLD_METRIC.values():
+        for name, metric in THRESHOLD_METRIC.items():
             v = self._scored_values(metric)
             if not np.isfinite(v).all():
                 v = v[np.isfinite(v)]
-            name = names.get(metric)
-            qs = [*DISTRIBUTION_QUANTILES, *SWEEP_QUANTILES, *(grid_quantiles(self.n_grid) if name in (GRID_ROWS, GRID_COLS) else ())]
+            qs = [*DISTRIBUTION_QUANTILES, *SWEEP_QUANTILES,
+                  *(grid_quantiles(self.n_grid) if name in (GRID_ROWS, GRID_COLS) else ())]
             head = {"mean": v.mean(), "min": v.min(), "max": v.max()} if len(v) else {}
             q = np.quantile(v, qs, overwrite_input=True) if len(v) else [None] * len(qs)   # partitions in place
             self.distributions[metric] = ({"mean": _r(head["mean"]), "p10": _r(q[0]), "median": _r(q[1]),
                                            "p90": _r(q[2]), "min": _r(head["min"]), "max": _r(head["max"])}
                                           if len(v) else distribution(v))
             del v
-            if name is None:
-                continue
             current = getattr(self.t, name)
             self.sweep_points[name] = sweep_range(q[3], q[4], current, self.n_sweep)
             self.sweep_edges[name] = sorted(set(self.sweep_points[name]) | {current})
             if name in (GRID_ROWS, GRID_COLS):
-                axis_q[name] = q[5:] if len(q) > 5 and q[5] is not None else []
+                axis_q[name] = q[5:] if q[0] is not None else []
         self.grid_rows = grid_axis(axis_q[GRID_ROWS], getattr(self.t, GRID_ROWS))
         self.grid_cols = grid_axis(axis_q[GRID_COLS], getattr(self.t, GRID_COLS))
 
-    # --- pass 2: counts and histograms, one shard at a time ---------------------------------
+    # --- pass 2: counts and per-triple histograms, one shard at a time ----------------------
     def _count_pass(self) -> None:
+        """Bin counts per triple: for each sweep, of its metric among the candidates passing the
+        other thresholds; for the grid, of (sim_direction, sim_image) among those passing sim_0
+        and sim_1. Pairs kept at any point are then sums of min(k, count at or above it)."""
         names = list(THRESHOLD_METRIC)
         self.totals = {"candidates": 0, "scored": 0, "images_kept": 0, "passing": 0}
         self.hist_alone = {n: np.zeros(len(self.sweep_edges[n]) + 1, np.int64) for n in names}
-        self.hist_all = {n: np.zeros(len(self.sweep_edges[n]) + 1, np.int64) for n in names}
         self.without = {n: 0 for n in names}   # pass every other threshold (this one off)
-        nr, nc = len(self.grid_rows) + 1, len(self.grid_cols) + 1
-        self.hist_grid = np.zeros(nr * nc, np.int64)
-        for f in self.files:
-            table = pq.read_table(f, columns=["status", "images_kept", *THRESHOLD_METRIC.values()], filesystem=self.fs)
-            ok = pc.equal(table["status"], "ok").to_numpy(zero_copy_only=False)
+        widths = [len(self.sweep_edges[n]) + 1 for n in names] + [(len(self.grid_rows) + 1) * (len(self.grid_cols) + 1)]
+        self.blocks = dict(zip([*names, "grid"], np.cumsum([0, *widths[:-1]])))
+        width = int(sum(widths))
+        per_triple = np.zeros((1024, width), np.int32)
+        codes: dict[str, int] = {}
+        for i, f in enumerate(self.files):
+            table = self._read(f, ["triple_id", "images_kept", *THRESHOLD_METRIC.values()])
+            ok = self._ok[i]
             values = {n: table[m].to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
                       for n, m in THRESHOLD_METRIC.items()}
             ge = {n: values[n] >= getattr(self.t, n) for n in names}   # NaN compares False, as passes() does
@@ -146,6 +149,9 @@ class RowFigures:
             self.totals["scored"] += int(ok.sum())
             self.totals["images_kept"] += int(pc.sum(table["images_kept"]).as_py() or 0)
             self.totals["passing"] += int(passing.sum())
+            uniques = pc.unique(table["triple_id"])
+            local = pc.index_in(table["triple_id"], value_set=uniques).to_numpy()
+            rows, cols = [], []
             for n in names:
                 others = ok.copy()
                 for o in names:
@@ -154,36 +160,50 @@ class RowFigures:
                 edges = self.sweep_edges[n]
                 self.hist_alone[n] += np.bincount(np.searchsorted(edges, values[n][ok & known[n]], "right"),
                                                   minlength=len(edges) + 1)
-                self.hist_all[n] += np.bincount(np.searchsorted(edges, values[n][others & known[n]], "right"),
-                                                minlength=len(edges) + 1)
-                self.without[n] += int((others & known[n]).sum())
-            base = ok & ge["min_sim_0"] & ge["min_sim_1"] & known[GRID_ROWS] & known[GRID_COLS]
-            bi = np.searchsorted(self.grid_rows, values[GRID_ROWS][base], "right")
-            bj = np.searchsorted(self.grid_cols, values[GRID_COLS][base], "right")
-            self.hist_grid += np.bincount(bi * nc + bj, minlength=nr * nc)
-        self.hist_grid = self.hist_grid.reshape(nr, nc)
+                use = others & known[n]
+                self.without[n] += int(use.sum())
+                rows.append(local[use])
+                cols.append(self.blocks[n] + np.searchsorted(edges, values[n][use], "right"))
+            use = ok & ge["min_sim_0"] & ge["min_sim_1"] & known[GRID_ROWS] & known[GRID_COLS]
+            bi = np.searchsorted(self.grid_rows, values[GRID_ROWS][use], "right")
+            bj = np.searchsorted(self.grid_cols, values[GRID_COLS][use], "right")
+            rows.append(local[use])
+            cols.append(self.blocks["grid"] + bi * (len(self.grid_cols) + 1) + bj)
+            shard = np.bincount(np.concatenate(rows) * width + np.concatenate(cols),
+                                minlength=len(uniques) * width).reshape(len(uniques), width)
+            code = np.array([codes.setdefault(t, len(codes)) for t in uniques.to_pylist()], dtype=np.int64)
+            if len(codes) > len(per_triple):
+                per_triple = np.concatenate([per_triple, np.zeros((max(len(codes), 2 * len(per_triple)) - len(per_triple),
+                                                                   width), np.int32)])
+            per_triple[code] += shard.astype(np.int32)   # codes are unique within a shard
+        self._ok = None
+        self.triples = len(codes)
+        self.per_triple = per_triple[:len(codes)]
 
-    # --- pass 3: the k best values per triple (DuckDB) -------------------------------------
-    def _top_k_pass(self) -> None:
-        k = int(self.k)
-        aggs = []
-        for n, m in THRESHOLD_METRIC.items():   # sweeps: the k best of m among passers of the others
-            aggs.append(f"max({m}, {k}) FILTER (WHERE {passes_sql(self.t, skip=n)} AND NOT isnan({m}))")
-        row_m, col_m = THRESHOLD_METRIC[GRID_ROWS], THRESHOLD_METRIC[GRID_COLS]
-        base = f"status = 'ok' AND {at_least('sim_0', self.t.min_sim_0)} AND {at_least('sim_1', self.t.min_sim_1)}"
-        for rv in self.grid_rows:   # grid: per row value, the k best sim_image
-            aggs.append(f"max({col_m}, {k}) FILTER (WHERE {base} AND {at_least(row_m, rv)} AND NOT isnan({col_m}))")
-        cols = ", ".join(f"{a} AS a{i}" for i, a in enumerate(aggs))
+    def _at_least(self, name: str) -> np.ndarray:
+        """(triples, edges + 1): per triple, candidates at or above each bin of the sweep of ``name``."""
+        o = self.blocks[name]
+        block = self.per_triple[:, o:o + len(self.sweep_edges[name]) + 1]
+        return block[:, ::-1].cumsum(1, dtype=np.int64)[:, ::-1]
+
+    def _pairs_kept(self, at_least: np.ndarray) -> np.ndarray:
+        return np.minimum(at_least, self.k).sum(0)
+
+    def _selected_without_images(self, selection: pa.Table | None) -> None:
+        at_least = self._at_least(GRID_ROWS)
+        j = self.sweep_edges[GRID_ROWS].index(self.t.min_direction) + 1
+        self.selected = int(self._pairs_kept(at_least)[j])
+        self.triples_with_pairs = int((at_least[:, j] > 0).sum())
+        # Which pairs, not how many, decides this one: the stored selection of these thresholds
+        # says it, if it is the one computed here; else the window query.
+        if (selection is not None and selection.num_rows == self.selected
+                and pc.count_distinct(selection["triple_id"]).as_py() == self.triples_with_pairs):
+            self.selected_without_images = selection.num_rows - int(pc.sum(selection["images_kept"]).as_py() or 0)
+            return
         con = connect(self.files, self.fs)
-        result = con.sql(f"SELECT {cols} FROM scores GROUP BY triple_id").to_arrow_table()
-        sel = con.execute(f"SELECT count(*), count(DISTINCT triple_id), count(*) FILTER (WHERE NOT images_kept) "
-                          f"FROM ({selected_sql(self.t, k, ['images_kept'])})").fetchall()[0]
+        sql = f"SELECT count(*) FILTER (WHERE NOT images_kept) FROM ({selected_sql(self.t, self.k, ['images_kept'])})"
+        self.selected_without_images = int(con.execute(sql).fetchall()[0][0] or 0)
         con.close()
-        self.triples = result.num_rows
-        self.selected, self.triples_with_pairs, self.selected_without_images = (int(x or 0) for x in sel)
-        tops = [np.sort(pc.list_flatten(result[f"a{i}"]).to_numpy(zero_copy_only=False)) for i in range(len(aggs))]
-        self.top_sweep = dict(zip(THRESHOLD_METRIC, tops[:4]))
-        self.top_grid = tops[4:]
 
     # --- the figures, as Audit wrote them -----------------------------------------------------
     def summary(self) -> dict[str, int]:
@@ -199,10 +219,12 @@ class RowFigures:
         out = {}
         for name in THRESHOLD_METRIC:
             edges = self.sweep_edges[name]
+            at_least = self._at_least(name)
+            passers, kept = at_least.sum(0), self._pairs_kept(at_least)
             out[name] = [{"value": v,
                           "pass_rate_alone": _r(_count_at_least(self.hist_alone[name], edges, v) / scored),
-                          "pass_rate": _r(_count_at_least(self.hist_all[name], edges, v) / scored),
-                          "pairs_kept": _top_values_at_least(self.top_sweep[name], v)}
+                          "pass_rate": _r(int(passers[edges.index(v) + 1]) / scored),
+                          "pairs_kept": int(kept[edges.index(v) + 1])}
                          for v in self.sweep_points[name]]
         return out
 
@@ -210,7 +232,7 @@ class RowFigures:
         """What each threshold does on top of the others."""
         out = {}
         for name in THRESHOLD_METRIC:
-            kept_without = len(self.top_sweep[name])   # the threshold off: every one of the k best stays
+            kept_without = int(self._pairs_kept(self._at_least(name))[0])   # bin 0 and up: every known value
             out[name] = {"pairs_kept": self.selected, "pairs_kept_without": kept_without,
                          "removed_only_by_this": self.without[name] - self.totals["passing"],
                          "pairs_removed": kept_without - self.selected}
@@ -219,10 +241,13 @@ class RowFigures:
     def grid(self) -> dict[str, Any]:
         """Pairs kept and pass rate over a grid of (min_direction, min_image)."""
         scored = max(1, self.totals["scored"])
-        # cell (i, j) counts rows at or above row value i and column value j: bins i+1.. and j+1..
-        at_least_both = self.hist_grid[::-1, ::-1].cumsum(0).cumsum(1)[::-1, ::-1]
-        kept = [[_top_values_at_least(self.top_grid[i], cv) for cv in self.grid_cols] for i in range(len(self.grid_rows))]
-        rate = [[_r(int(at_least_both[i + 1, j + 1]) / scored, 4) for j in range(len(self.grid_cols))]
-                for i in range(len(self.grid_rows))]
+        nr, nc = len(self.grid_rows) + 1, len(self.grid_cols) + 1
+        o = self.blocks["grid"]
+        cells = self.per_triple[:, o:o + nr * nc].reshape(-1, nr, nc)
+        # per triple, candidates at or above row value i and column value j: bins i+1.. and j+1..
+        at_least = cells[:, ::-1, ::-1].cumsum(1, dtype=np.int64).cumsum(2)[:, ::-1, ::-1]
+        kept = np.minimum(at_least, self.k).sum(0)
+        passers = at_least.sum(0)
         return {"rows": GRID_ROWS, "cols": GRID_COLS, "row_values": self.grid_rows, "col_values": self.grid_cols,
-                "pairs_kept": kept, "pass_rate": rate}
+                "pairs_kept": [[int(kept[i + 1, j + 1]) for j in range(nc - 1)] for i in range(nr - 1)],
+                "pass_rate": [[_r(int(passers[i + 1, j + 1]) / scored, 4) for j in range(nc - 1)] for i in range(nr - 1)]}

@@ -15,13 +15,18 @@ def _clear_errors(func):
     def wrapper(args):
         from datagen.config import ConfigError
 
-        from .clip import ClipLoadError
         from .labels import LabelError
         from .table import RunError
 
         try:
             return func(args)
-        except (ConfigError, RunError, LabelError, ClipLoadError, FileNotFoundError) as e:
+        except Exception as e:
+            # A ClipLoadError can only come from a loaded clip module; importing it here would
+            # cost every command torch (800 MB, seconds) for an error it cannot raise.
+            clip = sys.modules.get(f"{__package__}.clip")
+            if not isinstance(e, (ConfigError, RunError, LabelError, FileNotFoundError)) and not (
+                    clip is not None and isinstance(e, clip.ClipLoadError)):
+                raise
             print(f"error: {e}", file=sys.stderr)
             return 2
 

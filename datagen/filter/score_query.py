@@ -38,7 +38,8 @@ def connect(files: Sequence[str], filesystem: Any = None, threads: int | None = 
 
     con = duckdb.connect()
     con.execute(f"SET memory_limit = '{memory_limit}'")
-    con.execute("SET preserve_insertion_order = false")   # order comes from ORDER BY, never from the scan
+    con.execute("SET preserve_insertion_order = false")
+    con.execute("SET enable_progress_bar = false")   # order comes from ORDER BY, never from the scan
     if threads:
         con.execute(f"SET threads = {int(threads)}")
     if filesystem is not None:
