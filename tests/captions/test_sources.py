@@ -87,3 +87,19 @@ def test_bad_sources_fail_with_an_error_naming_the_key(tmp_path, make, message):
     with pytest.raises(ConfigError, match=message) as err:
         CaptionSource(make(tmp_path), 0).size()
     assert str(err.value).startswith("captions.source.")
+
+
+@pytest.mark.parametrize("pipeline,sets,held", [("smoke", ["captions.num_triples=100"], 8), ("paper", [], None)])
+def test_a_source_shorter_than_num_triples_fails_at_stage_start_saying_how_to_point_at_a_larger_one(
+        tmp_path, api_key, pipeline, sets, held):
+    from datagen.captions.stage import plan_shards
+    from datagen.config import ConfigError, load_config
+    from datagen.store import RunStore
+
+    from .conftest import KEY_ENV
+
+    cfg = load_config(pipeline, [*sets, f"captions.openai.api_key_env={KEY_ENV}"])
+    held = held or CaptionSource(cfg.captions.source, 0).size()
+    with pytest.raises(ConfigError, match=rf"holds {held} caption.*--set captions\.source\.kind="):
+        plan_shards(cfg, RunStore(tmp_path))
+    assert not (tmp_path / "captions").exists()    # before any work
