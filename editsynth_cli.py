@@ -13,6 +13,7 @@ import sys
 # Rooms that contribute subcommands, in the order --help lists them.
 CLI_MODULES = (
     "datagen.cli",            # generate
+    "datagen.plan",           # plan
     "datagen.captions.cli",   # captions export-finetune
     "datagen.p2p.cli",        # render-one
     "datagen.filter.cli",     # refilter, audit, label, export
