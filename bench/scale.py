@@ -3,7 +3,7 @@
 Writes a temporary run in the filter stage's own format (one scores parquet per shard with
 the ScoredCandidate schema, an empty image tar, a stats file written last, a config.json of
 the ``paper`` pipeline), then times ``editsynth refilter`` and ``editsynth audit`` on it, each
-in its own process, with its peak RSS (psutil, polling the child and its children).
+in its own process, with its peak RSS and CPU time (the kernel's rusage of the child, wait4).
 
   python bench/scale.py --triples 4500 --candidates 100        # a quick run (450K candidates)
   python bench/scale.py --triples 450000 --candidates 100      # the paper: 45M candidates
@@ -113,32 +113,24 @@ def write_run(root: Path, triples: int, candidates: int, shard_triples: int) -> 
     return rows
 
 
-def measure(cmd: list[str], poll_s: float = 0.05) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS in MB of the process tree, output) of ``cmd``."""
-    import psutil
+def measure(cmd: list[str]) -> tuple[float, float, float, str]:
+    """(wall seconds, CPU seconds, peak RSS in MB, output) of ``cmd``, from the kernel's rusage of
+    that child (wait4): exact peak, and CPU time that other load on the cores does not inflate."""
+    import threading
 
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    parent = psutil.Process(proc.pid)
-    peak = 0
-    out_chunks: list[str] = []
-    import threading
-
-    reader = threading.Thread(target=lambda: out_chunks.append(proc.stdout.read()), daemon=True)
+    chunks: list[str] = []
+    reader = threading.Thread(target=lambda: chunks.append(proc.stdout.read()), daemon=True)
     reader.start()
-    while proc.poll() is None:
-        try:
-            procs = [parent, *parent.children(recursive=True)]
-            peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
-        except psutil.Error:
-            pass
-        time.sleep(poll_s)
+    _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
     reader.join()
-    out = "".join(out_chunks)
+    out = "".join(chunks)
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-3000:]}")
-    return wall, peak / 2 ** 20, out
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, out
 
 
 def main() -> None:
@@ -159,20 +151,27 @@ def main() -> None:
         size_mb = sum(p.stat().st_size for p in run.rglob("*")) / 2 ** 20
         print(f"wrote {rows:,} candidate rows in {write_s:.1f} s ({size_mb:.0f} MB on disk) to {run}", flush=True)
         cli = [sys.executable, "-c", "import editsynth_cli,sys; sys.exit(editsynth_cli.main())"]
-        refilter_s, refilter_mb, out = measure([*cli, "refilter", "--run", str(run), "--set", "filter.min_image=0.7"])
+        load = os.getloadavg()[0]
+        refilter_s, refilter_cpu, refilter_mb, out = measure([*cli, "refilter", "--run", str(run),
+                                                              "--set", "filter.min_image=0.7"])
         print(out.strip().splitlines()[0] if out.strip() else "", flush=True)
-        print(f"refilter: {refilter_s:.1f} s, peak RSS {refilter_mb:.0f} MB", flush=True)
-        audit_s, audit_mb, out = measure([*cli, "audit", "--run", str(run)])
-        print(out.strip().splitlines()[0] if out.strip() else "", flush=True)
-        print(f"audit: {audit_s:.1f} s, peak RSS {audit_mb:.0f} MB", flush=True)
+        print(f"refilter: {refilter_s:.1f} s wall, {refilter_cpu:.1f} s CPU, peak RSS {refilter_mb:.0f} MB", flush=True)
+        audit_s, audit_cpu, audit_mb, out = measure([*cli, "audit", "--run", str(run)])
+        print(next((line for line in out.splitlines() if line.startswith("report:")), ""), flush=True)
+        print(f"audit: {audit_s:.1f} s wall, {audit_cpu:.1f} s CPU, peak RSS {audit_mb:.0f} MB "
+              f"(over all rows; it draws and shows a sample of whole shards: --max-rows 200000)", flush=True)
+        load = max(load, os.getloadavg()[0])
+        sample_rows = json.loads((run / "report" / "audit.json").read_text())["rows_used"]
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps({
         "candidates": rows, "triples": args.triples, "candidates_per_triple": args.candidates,
         "write_s": round(write_s, 1), "disk_mb": round(size_mb),
-        "refilter_s": round(refilter_s, 2), "refilter_peak_rss_mb": round(refilter_mb),
-        "audit_s": round(audit_s, 2), "audit_peak_rss_mb": round(audit_mb),
+        "refilter_s": round(refilter_s, 2), "refilter_cpu_s": round(refilter_cpu, 2),
+        "refilter_peak_rss_mb": round(refilter_mb),
+        "audit_s": round(audit_s, 2), "audit_cpu_s": round(audit_cpu, 2), "audit_peak_rss_mb": round(audit_mb),
+        "audit_sample_rows": sample_rows, "load_average_1m": round(load, 1),
         "render_peak_rss_mb_small": None, "render_peak_rss_mb_large": None,
         "note": "render_peak_rss_mb_*: the streaming render's figures, measured by its own work (not this one)",
         "cpus": os.cpu_count(),

@@ -19,7 +19,7 @@ RENDER_BENCH_PIXELS = 512 * 512
 CLIP_IMAGES_PER_S = 1805        # Stage 3, ViT-L/14, fp16, batch 128 (bench/filter.py)
 CLIP_BENCH_MODEL = "ViT-L-14"
 # Counted, not timed (docs/benchmarks.md): FLOPs of one UNet row of SD v1.5 at 512 px (64x64 latents).
-UNET_FLOPS_PER_ROW_SD15_512 = 0.80e12
+UNET_FLOPS_PER_ROW_SD15_512 = 0.68e12   # 677.2 GFLOP
 # Measured by bench/scale.py (docs/benchmarks.md): the filter stage's parquet, per candidate row.
 SCORE_BYTES_PER_ROW = 42
 # Assumed, not measured here: bytes per pixel of one photographic RGB render.

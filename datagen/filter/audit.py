@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from datagen.store import RunStore
@@ -28,7 +29,7 @@ from datagen.store import RunStore
 from .audit_rows import OFF, RowFigures, _r, sweep_values
 from .labels import DEFAULT_LABELS, load_labels
 from .oracle import oracle_summary, write_oracle_json
-from .score_query import score_files
+from .score_query import connect, score_files
 from .selection import THRESHOLD_METRIC, Selector, Thresholds
 from .table import SELECTION_FILE, STAGE, load_run_config, read_oracle, read_scores, read_selection_info
 
@@ -57,6 +58,21 @@ def read_sample(store: RunStore, max_rows: int, seed: int = 0) -> pd.DataFrame:
         chosen.append(int(s))
         rows += sizes[s]
     return sample_by_triple(read_scores(store, shards=sorted(chosen)), max_rows, seed)
+
+
+def with_labelled_triples(store: RunStore, sample: pd.DataFrame, candidate_ids) -> pd.DataFrame:
+    """The sample plus every triple holding a labelled candidate: figures against labels then use
+    every label, not the few that fall in the sample (top-k needs the labelled candidate's triple)."""
+    missing = pa.table({"candidate_id": sorted(set(candidate_ids) - set(sample["candidate_id"]))})
+    if not missing.num_rows:
+        return sample
+    con = connect(score_files(store))
+    con.register("labelled", missing)
+    extra = con.sql("SELECT * FROM scores WHERE triple_id IN (SELECT triple_id FROM scores WHERE candidate_id IN "
+                    "(SELECT candidate_id FROM labelled))").to_arrow_table().to_pandas()
+    con.close()
+    extra = extra[~extra["triple_id"].isin(set(sample["triple_id"]))]
+    return pd.concat([sample, extra[sample.columns]], ignore_index=True)
 
 
 def sample_by_triple(scores: pd.DataFrame, max_rows: int, seed: int = 0) -> pd.DataFrame:
@@ -192,8 +208,10 @@ def audit_run(run: str | Path, labels_path: str | Path | None = None, target_pre
     stored = pq.read_table(sel, columns=["triple_id", "images_kept"]) if read_selection_info(store) and sel.exists() else None
     rows = RowFigures(score_files(store), t, k, selection=stored)   # over every row, never held whole
     scores = read_sample(store, max_rows, seed)    # what the report draws and shows per item
-    audit = Audit(scores, t, k, keep)
     sources = label_sources(store, labels_path)
+    if "human" in sources and len(scores) < rows.totals["candidates"]:
+        scores = with_labelled_triples(store, scores, sources["human"].index)
+    audit = Audit(scores, t, k, keep)
     oracle_labels = sources.get("oracle")
 
     failures: dict[str, int] = {}

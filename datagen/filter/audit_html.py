@@ -244,7 +244,8 @@ def render_report(store: RunStore, audit, numbers: dict[str, Any], sources: dict
                             + _table(["", "value"], extras))
     sampled = (f"<p class='note'>Counts, distributions, sweeps, marginal effects and the grid are over all "
                f"{numbers['rows_total']} candidates; histograms, figures against labels, breakdowns and images are "
-               f"over a random sample of whole filter shards: {numbers['rows_used']} candidates.</p>"
+               f"over a random sample of whole filter shards and the triples of every human label: "
+               f"{numbers['rows_used']} candidates.</p>"
                if numbers["sampled"] else "")
     overrides = f" (refiltered: {_e(', '.join(numbers['overrides']))})" if numbers["overrides"] else ""
     return f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>editsynth audit</title>
