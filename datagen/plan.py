@@ -124,7 +124,8 @@ def _hours(h: float | None, what: str = "h") -> str:
 def format_plan(p: Plan) -> str:
     flops = "not projected" if p.unet_flops is None else f"{p.unet_flops:.3g}"
     lines = [
-        f"pipeline {p.pipeline}: {p.triples:,} triples x {p.candidates_per_triple} candidates = {p.candidates:,} candidates",
+        f"pipeline {p.pipeline}: {p.triples:,} triples x {p.candidates_per_triple} candidates "
+        f"= {p.candidates:,} candidates",
         f"render:  {p.unet_rows:,} UNet forward passes (rows), {flops} FLOPs; "
         f"{_hours(p.render_gpu_hours, 'GPU-hours')}, wall {_hours(p.render_wall_hours)} on {p.gpus} GPU(s)",
         f"filter:  {p.filter_clip_images:,} CLIP images; {_hours(p.filter_gpu_hours, 'GPU-hours')}, "

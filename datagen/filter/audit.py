@@ -205,7 +205,8 @@ def audit_run(run: str | Path, labels_path: str | Path | None = None, target_pre
     t, k, overrides = _thresholds_in_effect(cfg, store)
     keep = Thresholds.keep_bound(cfg.filter)
     sel = store.stage_dir(STAGE) / SELECTION_FILE    # the stored selection of these thresholds, if any
-    stored = pq.read_table(sel, columns=["triple_id", "images_kept"]) if read_selection_info(store) and sel.exists() else None
+    stored = (pq.read_table(sel, columns=["triple_id", "images_kept"])
+              if read_selection_info(store) and sel.exists() else None)
     rows = RowFigures(score_files(store), t, k, selection=stored)   # over every row, never held whole
     scores = read_sample(store, max_rows, seed)    # what the report draws and shows per item
     sources = label_sources(store, labels_path)

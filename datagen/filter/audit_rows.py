@@ -172,9 +172,9 @@ class RowFigures:
             shard = np.bincount(np.concatenate(rows) * width + np.concatenate(cols),
                                 minlength=len(uniques) * width).reshape(len(uniques), width)
             code = np.array([codes.setdefault(t, len(codes)) for t in uniques.to_pylist()], dtype=np.int64)
-            if len(codes) > len(per_triple):
-                per_triple = np.concatenate([per_triple, np.zeros((max(len(codes), 2 * len(per_triple)) - len(per_triple),
-                                                                   width), np.int32)])
+            if len(codes) > len(per_triple):   # grow by doubling: the triple count is known only at the end
+                more = max(len(codes), 2 * len(per_triple)) - len(per_triple)
+                per_triple = np.concatenate([per_triple, np.zeros((more, width), np.int32)])
             per_triple[code] += shard.astype(np.int32)   # codes are unique within a shard
         self._ok = None
         self.triples = len(codes)
@@ -250,4 +250,5 @@ class RowFigures:
         passers = at_least.sum(0)
         return {"rows": GRID_ROWS, "cols": GRID_COLS, "row_values": self.grid_rows, "col_values": self.grid_cols,
                 "pairs_kept": [[int(kept[i + 1, j + 1]) for j in range(nc - 1)] for i in range(nr - 1)],
-                "pass_rate": [[_r(int(passers[i + 1, j + 1]) / scored, 4) for j in range(nc - 1)] for i in range(nr - 1)]}
+                "pass_rate": [[_r(int(passers[i + 1, j + 1]) / scored, 4) for j in range(nc - 1)]
+                              for i in range(nr - 1)]}

@@ -117,8 +117,9 @@ def register(sub) -> None:
     p.add_argument("--run", required=True, help="run folder")
     p.add_argument("--labels", help="labels file (CSV/JSON keyed by candidate_id); default <run>/labels/labels.json")
     p.add_argument("--target-precision", type=float, default=0.9, help="find the best setting meeting this precision")
-    p.add_argument("--max-rows", type=int, default=200_000, help="histograms, labels, breakdowns and images on a sample of whole shards of about this many rows "
-                        "(counts and sweeps are over every row)")
+    p.add_argument("--max-rows", type=int, default=200_000,
+                   help="histograms, breakdowns, label figures and images on a sample of whole shards of about this "
+                        "many rows, plus the triples of every human label (counts and sweeps are over every row)")
     p.add_argument("--images", type=int, default=6, help="candidates shown on each side of each threshold")
     p.set_defaults(func=_audit)
 

@@ -296,7 +296,8 @@ def export_run(cfg: PipelineConfig, store: RunStore, out: str | Path | None = No
                 if tars:
                     tars[split].write(cid, sample)
                 if parquets:
-                    (b_in, b_out) = (next(v for k, v in sample.items() if k.startswith(part)) for part in ("input.", "edited."))
+                    b_in, b_out = (next(v for k, v in sample.items() if k.startswith(part))
+                                   for part in ("input.", "edited."))
                     parquets[split].write({
                         "original_prompt": meta["input_caption"], "original_image": {"bytes": b_in, "path": None},
                         "edit_prompt": meta["instruction"], "edited_prompt": meta["output_caption"],
@@ -305,7 +306,8 @@ def export_run(cfg: PipelineConfig, store: RunStore, out: str | Path | None = No
                         **{m: meta[m] for m in ("sim_0", "sim_1", "sim_image", "sim_direction")}})
                 counts[split] += 1
             if errors:
-                raise RuntimeError(f"export shard {path} is unreadable ({'; '.join(errors)}): delete {marker} and re-run")
+                raise RuntimeError(f"export shard {path} is unreadable ({'; '.join(errors)}): "
+                                   f"delete {marker} and re-run")
 
     manifest: dict[str, Any] = {"pairs": sum(counts.values()), "splits": {s: counts.get(s, 0) for s in SPLITS},
                                 "skipped": dict(skipped), "formats": list(e.formats), "image_format": e.image_format,

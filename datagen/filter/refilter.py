@@ -3,9 +3,9 @@
 ``editsynth refilter --run R --set filter.min_direction=0.25`` applies the thresholds and top-k
 of the (overridden) config to every filter shard's scores and rewrites
 ``filter/selection.parquet`` + ``selection.json``. The scores are queried where they lie
-(score_query.py: DuckDB over the parquet files), never loaded whole: 45M candidates fit in 2 GB. Candidates selected now but outside the
-keep bound of the original run have no stored images; they are counted (re-render them with
-``editsynth render-one``), and the export skips them.
+(score_query.py: DuckDB over the parquet files), never loaded whole: 45M candidates fit in 2 GB.
+Candidates selected now but outside the keep bound of the original run have no stored images;
+they are counted (re-render them with ``editsynth render-one``), and the export skips them.
 """
 from __future__ import annotations
 

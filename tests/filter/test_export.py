@@ -183,8 +183,8 @@ def test_export_resumes_per_export_shard_and_redoes_only_what_changed(run_copy, 
     store, cfg = run_copy
 
     def files(root):
-        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-                for p in sorted(root.rglob("*")) if p.is_file() and "units" not in p.parts and p.name != "manifest.json"}
+        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
+                if p.is_file() and "units" not in p.parts and p.name != "manifest.json"}
 
     first = export_run(cfg, store, out=tmp_path / "a")
     shards = store.done_shards("filter")
