@@ -56,10 +56,12 @@ def init_ray(address: str | None = None) -> None:
     quiet_ray_logging()
     if ray.is_initialized():
         return
+    # ray.init sets the "ray" logger's level itself: INFO unless told otherwise
+    level = logging.INFO if _ray_verbose else logging.WARNING
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, logging_level=level)
     else:
-        ray.init(include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+        ray.init(include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1", logging_level=level)
 
 
 def run_shards(
@@ -81,7 +83,7 @@ def run_shards(
         return []
     init_ray(ray_address)
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = _ray_verbose   # our lines below say which shard is done
+    ctx.enable_progress_bars = True   # off a terminal they are log lines of ray.data, quiet unless -v
     ctx.execution_options.preserve_order = False
     actors = max(1, min(resources.actors, len(shards)))
     log.info("%s: %d shard(s) on %d actor(s) (cpus=%s gpus=%s each)", stage, len(shards), actors,
