@@ -246,9 +246,7 @@ def _run_units(cfg: PipelineConfig, todo: list[tuple]) -> list[dict[str, Any]]:
 
     init_ray(cfg.ray_address)
     task = ray.remote(num_cpus=1, max_retries=2)(export_unit)
-    cfg_ref = ray.put(cfg)
-    pending = [task.remote(cfg_ref, *args) for args in todo]
-    return ray.get(pending)
+    return ray.get([task.remote(cfg, *args) for args in todo])
 
 
 def export_run(cfg: PipelineConfig, store: RunStore, out: str | Path | None = None) -> dict[str, Any]:
