@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
-from datagen.config import ConfigError, PipelineConfig
+from datagen.config import ConfigError, FilterConfig, PipelineConfig
 from datagen.store import RunStore
 
 from .score_query import connect, counts, score_files, selection_arrow
@@ -76,10 +76,14 @@ def refilter(run: str | Path, overrides: list[str] | tuple[str, ...] = (), expor
     if not store.done_shards("filter"):
         raise RunError(f"{store.root}/filter has no done shards: run the filter stage first")
     previous = read_selection_info(store)
-    base = [] if reset else [f"filter.{k}={v}" for k, v in previous.get("thresholds", {}).items()]
-    if "max_pairs_per_triple" in previous and not reset:
-        base.append(f"filter.max_pairs_per_triple={previous['max_pairs_per_triple']}")
-    cfg = load_run_config(run, [*base, *overrides])
+    cfg = load_run_config(run, overrides)
+    if not reset:
+        # The current selection's settings (as values) wherever this call does not set them.
+        given = {o.split("=", 1)[0].strip() for o in overrides}
+        current = {**previous.get("thresholds", {}),
+                   **{k: previous[k] for k in ("max_pairs_per_triple",) if k in previous}}
+        kept = {k: v for k, v in current.items() if f"filter.{k}" not in given}
+        cfg.filter = FilterConfig.model_validate({**cfg.filter.model_dump(), **kept})
     history = [] if reset else previous.get("overrides", [])
     info = reselect(cfg, store, [*history, *overrides])
     info["previous_selected"] = previous.get("selected")
