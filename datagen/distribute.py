@@ -61,7 +61,10 @@ def init_ray(address: str | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=False, logging_level=level)
     else:
-        ray.init(include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1", logging_level=level)
+        # "local": always a private Ray. Without an address ray.init joins the last cluster that
+        # `ray start` made on this machine (/tmp/ray/ray_current_cluster), maybe someone else's.
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
+                 logging_level=level)
 
 
 def run_shards(
