@@ -14,6 +14,7 @@ import sys
 CLI_MODULES = (
     "datagen.cli",            # generate
     "datagen.status",         # status
+    "datagen.plan",           # plan
     "datagen.captions.cli",   # captions export-finetune
     "datagen.p2p.cli",        # render-one
     "datagen.filter.cli",     # refilter, audit, label, export
@@ -22,7 +23,9 @@ CLI_MODULES = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every room's subcommands; with ``command``, of the rooms up to the one that
+    registers it (the rooms after it may import torch: 800 MB and seconds a refilter never needs)."""
     parser = argparse.ArgumentParser(
         prog="editsynth",
         description="Make instruction-based image-editing datasets (InstructPix2Pix style) "
@@ -32,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in CLI_MODULES:
         importlib.import_module(name).register(sub)
+        if command is not None and command in sub.choices:
+            break
     return parser
 
 
@@ -41,12 +46,21 @@ def quiet_http_loggers() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _command(argv: list[str]) -> str | None:
+    """The subcommand named on the command line (the first word that is not a global flag)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(_command(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     quiet_http_loggers()
+    from datagen.distribute import quiet_ray_logging
+
+    quiet_ray_logging(args.verbose)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

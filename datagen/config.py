@@ -245,7 +245,7 @@ class EvalConfig(Section):
 
 
 class TrainConfig(Section):
-    base_model: str = "runwayml/stable-diffusion-v1-5"  # SD hub id / dir, an editor, or "shapes"
+    base_model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # SD hub id / dir, an editor, or "shapes"
     data: str = ""                  # webdataset export dir / tar pattern, or a HF dataset name / dir
     split: str = "train"
     # Refuse data with fewer pairs (counted from local shards' headers or the HF split): retraining

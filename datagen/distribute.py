@@ -23,6 +23,21 @@ from .records import ShardStats
 
 log = logging.getLogger(__name__)
 
+_RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune")
+_ray_verbose = False
+
+
+def quiet_ray_logging(verbose: bool | None = None) -> None:
+    """Ray's own log lines and progress bars only with ``-v``: off a terminal, Ray Data logs
+    "Total Progress: 0/?" every 10 s. Our lines (datagen.*) stay. Applied again after Ray is
+    imported, because importing Ray configures its loggers."""
+    global _ray_verbose
+    if verbose is not None:
+        _ray_verbose = verbose
+    if not _ray_verbose:
+        for name in _RAY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
 
 class StageFailed(RuntimeError):
     """A stage cannot go on (a shard's worker failed, or nothing was kept): the message says why."""
@@ -52,15 +67,20 @@ class _ShardActor:
 def init_ray(address: str | None = None) -> None:
     """Connect to ``address`` (a cluster) or start/attach a local Ray once per process."""
     import ray
+    import ray.data  # noqa: F401  (configures the ray.data logger: quiet it after)
 
+    quiet_ray_logging()
     if ray.is_initialized():
         return
+    # ray.init sets the "ray" logger's level itself: INFO unless told otherwise
+    level = logging.INFO if _ray_verbose else logging.WARNING
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, logging_level=level)
     else:
-        # address="local": always a new private Ray. Without it ray.init() joins whatever cluster this
-        # machine started last (RAY_ADDRESS, /tmp/ray/ray_current_cluster), even a dead one.
-        ray.init(address="local", include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+        # "local": always a private Ray. Without an address ray.init joins the last cluster that
+        # `ray start` made on this machine (/tmp/ray/ray_current_cluster), maybe someone else's.
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
+                 logging_level=level)
 
 
 def run_shards(
@@ -83,7 +103,7 @@ def run_shards(
         return []
     init_ray(ray_address)
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = True
+    ctx.enable_progress_bars = True   # off a terminal they are log lines of ray.data, quiet unless -v
     ctx.execution_options.preserve_order = False
     actors = max(1, min(resources.actors, len(shards)))
     log.info("%s: %d shard(s) on %d actor(s) (cpus=%s gpus=%s each)", stage, len(shards), actors,
@@ -101,11 +121,20 @@ def run_shards(
             max_restarts=2,      # actors: restart a dead actor and retry its shard (was max_retries, a task-only option)
             max_task_retries=2,
         )
-    stats = []
-    for r in out.iter_rows():
-        row = json.loads(r["stats"])
-        if "failed_shard" in row:
-            log.error("%s shard %d failed:\n%s", stage, row["failed_shard"], row["traceback"])
-            raise StageFailed(f"{stage} shard {row['failed_shard']} failed (not marked done): {row['error']}")
-        stats.append(ShardStats.from_row(row))
-    return stats
+    from tqdm import tqdm
+
+    done = []
+    # A bar on a terminal (units, rate, ETA, items out); off a terminal the log line per shard says it.
+    with tqdm(total=len(shards), desc=stage, unit="shard", disable=None, dynamic_ncols=True) as bar:
+        for r in out.iter_rows():
+            row = json.loads(r["stats"])
+            if "failed_shard" in row:
+                log.error("%s shard %d failed:\n%s", stage, row["failed_shard"], row["traceback"])
+                raise StageFailed(f"{stage} shard {row['failed_shard']} failed (not marked done): {row['error']}")
+            done.append(ShardStats.from_row(row))
+            bar.update(1)
+            bar.set_postfix_str(f"{sum(s.count_out for s in done):,} out")
+            if bar.disable:
+                log.info("%s: shard %d done in %.1f s (%d of %d)", stage, done[-1].shard, done[-1].seconds,
+                         len(done), len(shards))
+    return done

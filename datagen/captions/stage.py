@@ -17,7 +17,7 @@ from dataclasses import fields
 import numpy as np
 import pyarrow as pa
 
-from datagen.config import CaptionsConfig, PipelineConfig
+from datagen.config import CaptionsConfig, ConfigError, PipelineConfig
 from datagen.distribute import StageFailed
 from datagen.records import ShardStats, Triple, stable_id
 from datagen.store import RunStore
@@ -49,12 +49,14 @@ def load_duplicates(store: RunStore, source: CaptionSource, count: int, slice_si
 
 
 def planned_count(cfg: CaptionsConfig, source: CaptionSource) -> int:
-    """How many source captions the run turns into triples: num_triples, or fewer if the source is short."""
+    """How many source captions the run turns into triples: num_triples; a shorter source is an error."""
     size = source.size()
     if size is not None and size < cfg.num_triples:
-        log.warning("captions: num_triples=%d but the source (%s) holds %d caption(s); using %d",
-                    cfg.num_triples, source.describe(), size, size)
-        return size
+        raise ConfigError(
+            f"captions.num_triples={cfg.num_triples} but the source ({source.describe()}) holds {size} caption(s): "
+            "point captions.source at a larger one, e.g. --set captions.source.kind=hf "
+            "--set captions.source.path=DATASET --set captions.source.column=TEXT, or --set captions.source.kind=file "
+            f"--set captions.source.path=captions.parquet; or ask for fewer: --set captions.num_triples={size}")
     return cfg.num_triples
 
 

@@ -21,25 +21,20 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from datagen.clip.metrics import METRICS
 from datagen.config import load_run_config
 from datagen.store import RunStore
 
+from .audit_rows import OFF, RowFigures, _r, sweep_values
 from .labels import DEFAULT_LABELS, load_labels
 from .oracle import oracle_summary, write_oracle_json
+from .score_query import connect, score_files
 from .selection import THRESHOLD_METRIC, Selector, Thresholds
-from .table import STAGE, read_oracle, read_scores, read_selection_info
+from .table import SELECTION_FILE, STAGE, read_oracle, read_scores, read_selection_info
 
 log = logging.getLogger(__name__)
-
-GRID_ROWS, GRID_COLS = "min_direction", "min_image"
-OFF = -np.inf   # a threshold that removes nothing
-
-
-def _r(x: float | None, nd: int = 6) -> float | None:
-    return None if x is None or not np.isfinite(x) else round(float(x), nd)
-
 
 def _thresholds_in_effect(cfg, store: RunStore) -> tuple[Thresholds, int, list[str]]:
     """The thresholds of the current selection (refilter may have changed them), else the config's."""
@@ -47,6 +42,38 @@ def _thresholds_in_effect(cfg, store: RunStore) -> tuple[Thresholds, int, list[s
     if info.get("thresholds"):
         return Thresholds(**info["thresholds"]), int(info["max_pairs_per_triple"]), info.get("overrides", [])
     return Thresholds.from_config(cfg.filter), cfg.filter.max_pairs_per_triple, []
+
+
+def read_sample(store: RunStore, max_rows: int, seed: int = 0) -> pd.DataFrame:
+    """Scores of whole filter shards drawn at random until about ``max_rows`` rows (all of them if
+    fewer). A shard holds every candidate of its triples, so top-k on the sample is the run's."""
+    shards = store.done_shards(STAGE)
+    sizes = {s: pq.ParquetFile(p).metadata.num_rows if (p := store.shard_path(STAGE, s, "parquet")).exists() else 0
+             for s in shards}
+    if sum(sizes.values()) <= max_rows:
+        return read_scores(store)
+    chosen, rows = [], 0
+    for s in np.random.default_rng(seed).permutation(shards):
+        if chosen and rows + sizes[s] > max_rows:
+            break
+        chosen.append(int(s))
+        rows += sizes[s]
+    return sample_by_triple(read_scores(store, shards=sorted(chosen)), max_rows, seed)
+
+
+def with_labelled_triples(store: RunStore, sample: pd.DataFrame, candidate_ids) -> pd.DataFrame:
+    """The sample plus every triple holding a labelled candidate: figures against labels then use
+    every label, not the few that fall in the sample (top-k needs the labelled candidate's triple)."""
+    missing = pa.table({"candidate_id": sorted(set(candidate_ids) - set(sample["candidate_id"]))})
+    if not missing.num_rows:
+        return sample
+    con = connect(score_files(store))
+    con.register("labelled", missing)
+    extra = con.sql("SELECT * FROM scores WHERE triple_id IN (SELECT triple_id FROM scores WHERE candidate_id IN "
+                    "(SELECT candidate_id FROM labelled))").to_arrow_table().to_pandas()
+    con.close()
+    extra = extra[~extra["triple_id"].isin(set(sample["triple_id"]))]
+    return pd.concat([sample, extra[sample.columns]], ignore_index=True)
 
 
 def sample_by_triple(scores: pd.DataFrame, max_rows: int, seed: int = 0) -> pd.DataFrame:
@@ -65,14 +92,6 @@ def instruction_keyword(instruction: str) -> str:
     return words[0] if words else "(none)"
 
 
-def sweep_values(values: np.ndarray, current: float, n: int) -> list[float]:
-    """``n`` threshold values spanning the metric's range (1st-99th percentile) and the current value."""
-    values = values[np.isfinite(values)]
-    lo, hi = (np.quantile(values, [0.01, 0.99]) if len(values) else (current - 0.2, current + 0.2))
-    lo, hi = min(lo, current - 0.05), max(hi, current + 0.05)
-    return sorted({round(float(v), 4) for v in np.linspace(lo, hi, n)} | {round(current, 4)})
-
-
 def prf(pred: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
     tp = int((pred & truth).sum())
     p = tp / pred.sum() if pred.sum() else None
@@ -82,18 +101,18 @@ def prf(pred: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
 
 
 class Audit:
-    """The audit numbers of one scores table under one setting (thresholds, top-k)."""
+    """The audit numbers of one in-memory scores table (a sample of whole triples) under one setting."""
 
     def __init__(self, scores: pd.DataFrame, t: Thresholds, max_pairs: int, keep: Thresholds | None = None):
         self.scores, self.t, self.k, self.keep = scores, t, max_pairs, keep
         self.selector = Selector(scores)
         self.ok = np.asarray(scores["status"] == "ok", dtype=bool)
-        self.values = {m: scores[m].to_numpy(dtype=float) for m in METRICS}
+        self.values = {m: scores[m].to_numpy(dtype=float) for m in THRESHOLD_METRIC.values()}
         self.passing = self.passes(t)
         self.selected = self.selector.select(t, max_pairs, self.passing)
 
     def passes(self, t: Thresholds) -> np.ndarray:
-        """selection.passes() on cached columns (the grids call it thousands of times)."""
+        """selection.passes() on cached columns (the label grid calls it a thousand times)."""
         mask = self.ok.copy()
         for name, metric in THRESHOLD_METRIC.items():
             mask &= self.values[metric] >= getattr(t, name)
@@ -101,79 +120,6 @@ class Audit:
 
     def select(self, t: Thresholds) -> np.ndarray:
         return self.selector.select(t, self.k, self.passes(t))
-
-    def summary(self) -> dict[str, int]:
-        s = self.scores
-        chosen = self.selected
-        return {
-            "candidates": int(len(s)), "scored": int(self.ok.sum()), "failed": int((~self.ok).sum()),
-            "images_kept": int(s["images_kept"].astype(bool).sum()), "passing": int(self.passing.sum()),
-            "selected": int(chosen.sum()), "triples": int(s["triple_id"].nunique()),
-            "triples_with_pairs": int(s.loc[chosen, "triple_id"].nunique()),
-            "selected_without_images": int((chosen & ~s["images_kept"].astype(bool).to_numpy()).sum()),
-        }
-
-    def distributions(self) -> dict[str, dict[str, float | None]]:
-        out = {}
-        for m, v in self.values.items():
-            v = v[self.ok & np.isfinite(v)]
-            q = np.quantile(v, [0.1, 0.5, 0.9]) if len(v) else [np.nan] * 3
-            out[m] = {"mean": _r(v.mean()) if len(v) else None, "p10": _r(q[0]), "median": _r(q[1]),
-                      "p90": _r(q[2]), "min": _r(v.min()) if len(v) else None, "max": _r(v.max()) if len(v) else None}
-        return out
-
-    def sweeps(self, n: int = 21) -> dict[str, list[dict[str, float]]]:
-        """Per threshold: pass rate of it alone, pass rate of all, pairs kept, as it moves."""
-        scored = max(1, int(self.ok.sum()))
-        out = {}
-        for name, metric in THRESHOLD_METRIC.items():
-            rows = []
-            for value in sweep_values(self.values[metric][self.ok], getattr(self.t, name), n):
-                t = self.t.replace(**{name: value})
-                mask = self.passes(t)
-                rows.append({"value": value,
-                             "pass_rate_alone": _r((self.ok & (self.values[metric] >= value)).sum() / scored),
-                             "pass_rate": _r(mask.sum() / scored),
-                             "pairs_kept": int(self.selector.select(t, self.k, mask).sum())})
-            out[name] = rows
-        return out
-
-    def marginal(self) -> dict[str, dict[str, int]]:
-        """What each threshold does on top of the others."""
-        others_pass = {}
-        out = {}
-        for name, metric in THRESHOLD_METRIC.items():
-            without = self.t.replace(**{name: OFF})
-            others_pass[name] = self.passes(without)
-            out[name] = {
-                "pairs_kept": int(self.selected.sum()),
-                "pairs_kept_without": int(self.selector.select(without, self.k, others_pass[name]).sum()),
-                "removed_only_by_this": int((others_pass[name] & ~self.passing).sum()),
-            }
-            out[name]["pairs_removed"] = out[name]["pairs_kept_without"] - out[name]["pairs_kept"]
-        return out
-
-    def grid(self, n: int = 6) -> dict[str, Any]:
-        """Pairs kept and pass rate over a grid of (min_direction, min_image)."""
-        def axis(name):
-            v = self.values[THRESHOLD_METRIC[name]][self.ok]
-            cur = getattr(self.t, name)
-            qs = np.quantile(v, np.linspace(0.05, 0.8, n - 1)) if len(v) else []
-            return sorted({round(float(x), 3) for x in qs} | {round(cur, 3)})
-
-        rows, cols = axis(GRID_ROWS), axis(GRID_COLS)
-        scored = max(1, int(self.ok.sum()))
-        kept, rate = [], []
-        for rv in rows:
-            kept.append([])
-            rate.append([])
-            for cv in cols:
-                t = self.t.replace(**{GRID_ROWS: rv, GRID_COLS: cv})
-                mask = self.passes(t)
-                kept[-1].append(int(self.selector.select(t, self.k, mask).sum()))
-                rate[-1].append(_r(mask.sum() / scored, 4))
-        return {"rows": GRID_ROWS, "cols": GRID_COLS, "row_values": rows, "col_values": cols,
-                "pairs_kept": kept, "pass_rate": rate}
 
     def breakdown(self, by: pd.Series, correct: pd.Series | None = None) -> list[dict[str, Any]]:
         df = self.scores.assign(_group=by.to_numpy(), _pass=self.passing, _sel=self.selected, _ok=self.ok)
@@ -185,7 +131,7 @@ class Audit:
             row = {"group": str(group) or "(none)", "candidates": int(len(g)), "scored": scored,
                    "pass_rate": _r(g["_pass"].sum() / scored, 4) if scored else None,
                    "selected": int(g["_sel"].sum()),
-                   **{f"mean_{m}": _r(g.loc[g["_ok"], m].mean(), 4) for m in METRICS}}
+                   **{f"mean_{m}": _r(g.loc[g["_ok"], m].mean(), 4) for m in THRESHOLD_METRIC.values()}}
             if correct is not None:
                 lab = g.dropna(subset=["_correct"])
                 row["correct_rate"] = _r(lab["_correct"].astype(bool).mean(), 4) if len(lab) else None
@@ -241,7 +187,12 @@ def label_sources(store: RunStore, labels_path: str | Path | None) -> dict[str, 
 
 def audit_run(run: str | Path, labels_path: str | Path | None = None, target_precision: float = 0.9,
               max_rows: int = 200_000, images_per_side: int = 6, seed: int = 0) -> dict[str, Any]:
-    """Compute the audit of ``run``, write report/audit.json + audit.html (+ oracle.json)."""
+    """Compute the audit of ``run``, write report/audit.json + audit.html (+ oracle.json).
+
+    Counts, distributions, sweeps, marginal effects and the grid are over every stored row;
+    breakdowns, figures against labels, histograms and images over a sample of whole shards
+    of about ``max_rows`` rows (every row below that).
+    """
     import json
 
     from .audit_html import render_report
@@ -254,10 +205,15 @@ def audit_run(run: str | Path, labels_path: str | Path | None = None, target_pre
     cfg = load_run_config(run)
     t, k, overrides = _thresholds_in_effect(cfg, store)
     keep = Thresholds.keep_bound(cfg.filter)
-    all_scores = read_scores(store)
-    scores = sample_by_triple(all_scores, max_rows, seed)
-    audit = Audit(scores, t, k, keep)
+    sel = store.stage_dir(STAGE) / SELECTION_FILE    # the stored selection of these thresholds, if any
+    stored = (pq.read_table(sel, columns=["triple_id", "images_kept"])
+              if read_selection_info(store) and sel.exists() else None)
+    rows = RowFigures(score_files(store), t, k, selection=stored)   # over every row, never held whole
+    scores = read_sample(store, max_rows, seed)    # what the report draws and shows per item
     sources = label_sources(store, labels_path)
+    if "human" in sources and len(scores) < rows.totals["candidates"]:
+        scores = with_labelled_triples(store, scores, sources["human"].index)
+    audit = Audit(scores, t, k, keep)
     oracle_labels = sources.get("oracle")
 
     failures: dict[str, int] = {}
@@ -271,9 +227,10 @@ def audit_run(run: str | Path, labels_path: str | Path | None = None, target_pre
     numbers: dict[str, Any] = {
         "run": str(store.root), "thresholds": t.as_dict(), "max_pairs_per_triple": k, "keep_bound": keep.as_dict(),
         "overrides": overrides, "clip_model": cfg.filter.clip_model,
-        "rows_total": int(len(all_scores)), "rows_used": int(len(scores)), "sampled": len(scores) < len(all_scores),
-        "summary": audit.summary(), "metrics": audit.distributions(), "failures": failures,
-        "shard_errors": shard_errors, "sweeps": audit.sweeps(), "marginal": audit.marginal(), "grid": audit.grid(),
+        "rows_total": rows.totals["candidates"], "rows_used": int(len(scores)),
+        "sampled": len(scores) < rows.totals["candidates"],
+        "summary": rows.summary(), "metrics": rows.distributions, "failures": failures,
+        "shard_errors": shard_errors, "sweeps": rows.sweeps(), "marginal": rows.marginal(), "grid": rows.grid(),
         "breakdown": {
             "edit_kind": audit.breakdown(scores["edit_kind"].fillna(""), correct_for_breakdown),
             "keyword": audit.breakdown(scores["instruction"].map(instruction_keyword), correct_for_breakdown)},

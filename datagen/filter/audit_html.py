@@ -13,7 +13,6 @@ from typing import Any
 
 import pandas as pd
 
-from datagen.clip.metrics import METRICS
 from datagen.store import RunStore
 
 from . import svgplot
@@ -215,7 +214,7 @@ def render_report(store: RunStore, audit, numbers: dict[str, Any], sources: dict
         for name, rows in numbers["sweeps"].items())
 
     def breakdown(rows):
-        cols = ["group", "candidates", "scored", "pass_rate", "selected"] + [f"mean_{m}" for m in METRICS]
+        cols = ["group", "candidates", "scored", "pass_rate", "selected"] + [f"mean_{m}" for m in THRESHOLD_METRIC.values()]
         if rows and "correct_rate" in rows[0]:
             cols += ["correct_rate", "correct_rate_kept"]
         return _table(cols, [[r.get(c) for c in cols] for r in rows])
@@ -243,8 +242,11 @@ def render_report(store: RunStore, audit, numbers: dict[str, Any], sources: dict
         if extras:
             oracle_html += ("<h3>Does each stage add value? (same triples and seeds)</h3>"
                             + _table(["", "value"], extras))
-    sampled = (f"<p class='note'>Computed on a random sample of whole triples: {numbers['rows_used']} of "
-               f"{numbers['rows_total']} candidates.</p>" if numbers["sampled"] else "")
+    sampled = (f"<p class='note'>Counts, distributions, sweeps, marginal effects and the grid are over all "
+               f"{numbers['rows_total']} candidates; histograms, figures against labels, breakdowns and images are "
+               f"over a random sample of whole filter shards and the triples of every human label: "
+               f"{numbers['rows_used']} candidates.</p>"
+               if numbers["sampled"] else "")
     overrides = f" (refiltered: {_e(', '.join(numbers['overrides']))})" if numbers["overrides"] else ""
     return f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>editsynth audit</title>
 <style>{_CSS}</style></head><body>

@@ -13,7 +13,7 @@ def _clear_errors(func):
     """Bad input (run folder, config, labels, CLIP) -> one clear line on stderr and exit code 2."""
     @functools.wraps(func)
     def wrapper(args):
-        from datagen.clip.loading import ClipLoadError
+        from datagen.clip.loading import ClipLoadError   # no torch: the CLIP factory imports it lazily
         from datagen.config import ConfigError
 
         from .labels import LabelError
@@ -43,7 +43,11 @@ def _refilter(args) -> int:
     if info["selected_without_images"]:
         print(f"warning: {info['selected_without_images']} selected candidates are outside the keep bound "
               f"{info['keep_bound']}: no stored images, the export skips them")
-    if not args.export:
+    if args.export:
+        made = info["export"]["export_shards"]
+        print(f"exported {info['export']['pairs']} pairs: {made['written']} of {made['total']} export shards "
+              f"rewritten (their filter shard's selection changed), {made['reused']} reused; files repacked")
+    else:
         print(f"the export in {args.run}/export (if any) still holds the previous selection: "
               f"`editsynth export --run {args.run}` or refilter with --export")
     return 0
@@ -108,7 +112,9 @@ def register(sub) -> None:
     p.add_argument("--run", required=True, help="run folder")
     p.add_argument("--labels", help="labels file (CSV/JSON keyed by candidate_id); default <run>/labels/labels.json")
     p.add_argument("--target-precision", type=float, default=0.9, help="find the best setting meeting this precision")
-    p.add_argument("--max-rows", type=int, default=200_000, help="audit a sample of whole triples above this")
+    p.add_argument("--max-rows", type=int, default=200_000,
+                   help="histograms, breakdowns, label figures and images on a sample of whole shards of about this "
+                        "many rows, plus the triples of every human label (counts and sweeps are over every row)")
     p.add_argument("--images", type=int, default=6, help="candidates shown on each side of each threshold")
     p.set_defaults(func=_audit)
 

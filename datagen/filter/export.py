@@ -6,6 +6,9 @@
   export/hf/data/<split>-00000-of-00002.parquet  images embedded as bytes (datasets Image feature)
   export/hf/README.md                         dataset card whose configs name the splits
   export/manifest.json                        counts, the selection it came from, what was skipped
+  export/units/<split>/export-00000.tar       export shard i: the pairs of filter shard i (written in
+  export/units/export-00000.done.json         parallel, Ray tasks), marker written last; the files above
+                                              are packed from them in shard order
 The key is the candidate id. Splits are drawn per TRIPLE from (run seed, triple id), never per
 pair, so the pairs of one triple never straddle train and test, and a triple keeps its split
 across refilters. HF columns are those of the public release (original_prompt,
@@ -19,10 +22,12 @@ import logging
 import shutil
 import tarfile
 from collections import Counter
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
@@ -30,11 +35,12 @@ from datagen.config import PipelineConfig
 from datagen.records import stable_id
 from datagen.store import RunStore
 
-from .table import STAGE, image_pair, read_scores, read_selection, read_selection_info, stream_samples
+from .table import SELECTION_FILE, STAGE, image_pair, read_selection, read_selection_info, stream_samples
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
+UNITS = "units"   # export shards, one per filter shard: what a re-run reuses
 RELEASE_COLUMNS = ("original_prompt", "original_image", "edit_prompt", "edited_prompt", "edited_image")
 _META_FIELDS = ("candidate_id", "triple_id", "index", "seed", "p", "cfg_scale", "mode", "steps", "model_id",
                 "input_caption", "instruction", "output_caption", "edit_kind",
@@ -159,57 +165,153 @@ def _replace_dir(tmp: Path, final: Path) -> None:
     tmp.rename(final)
 
 
+def _unit_paths(out: Path, shard: int) -> tuple[dict[str, Path], Path]:
+    """One export shard per filter shard: its pairs of each split, and its done marker (written last)."""
+    name = f"export-{shard:05d}"
+    return {s: out / UNITS / s / f"{name}.tar" for s in SPLITS}, out / UNITS / f"{name}.done.json"
+
+
+def plan_units(cfg: PipelineConfig, store: RunStore) -> dict[int, dict[str, tuple[int, str]]]:
+    """Per filter shard, its selected candidates: ``{candidate_id: (rank, split)}``.
+
+    Read from the selection alone (ids, rank, shard): at paper scale 1.8M rows, not the scores.
+    """
+    e = cfg.export
+    sel = pq.read_table(store.stage_dir(STAGE) / SELECTION_FILE, columns=["candidate_id", "triple_id", "rank", "shard"])
+    triples = pc.unique(sel["triple_id"]).to_pylist()
+    split = dict(zip(triples, (split_of(t, cfg.seed, e.val_fraction, e.test_fraction) for t in triples)))
+    units: dict[int, dict[str, tuple[int, str]]] = {}
+    for cid, tid, rank, shard in zip(*(sel[c].to_pylist() for c in ("candidate_id", "triple_id", "rank", "shard"))):
+        units.setdefault(int(shard), {})[cid] = (int(rank), split[tid])
+    return dict(sorted(units.items()))
+
+
+def unit_fingerprint(cfg: PipelineConfig, store: RunStore, shard: int, wanted: dict[str, tuple[int, str]]) -> str:
+    """What an export shard is made from: its pairs, their splits and ranks, the image settings, and
+    the filter shard's stats (rewritten whenever the filter shard is redone)."""
+    stats = store.stats_path(STAGE, shard)
+    parts = [sorted(wanted.items()), cfg.export.image_format, cfg.export.jpeg_quality,
+             stats.read_text() if stats.exists() else ""]
+    return stable_id(json.dumps(parts, sort_keys=True), length=32)
+
+
+def export_unit(cfg: PipelineConfig, root: str, out: str, shard: int, wanted: dict[str, tuple[int, str]],
+                fingerprint: str) -> dict[str, Any]:
+    """Write the pairs of one filter shard, split by split, streaming its image tar once; marker last."""
+    e = cfg.export
+    store = RunStore(root)
+    paths, marker = _unit_paths(Path(out), shard)
+    table = pq.read_table(store.shard_path(STAGE, shard, "parquet"), columns=list(_META_FIELDS))
+    table = table.filter(pc.is_in(table["candidate_id"], pa.array(list(wanted))))
+    rows = {r["candidate_id"]: r for r in table.to_pylist()}
+    errors: list[str] = []
+    counts: Counter = Counter()
+    with ExitStack() as stack:
+        tars = {}
+        for split, path in paths.items():
+            tmp = stack.enter_context(store.atomic_path(path))
+            tars[split] = stack.enter_context(tarfile.open(tmp, "w"))
+        for cid, sample in stream_samples(store.shard_path(STAGE, shard, "tar"), errors):
+            pair = image_pair(sample) if cid in wanted and cid in rows else None
+            if pair is None:
+                continue
+            rank, split = wanted[cid]
+            b_in, ext_in = _convert(pair[0], pair[2], e.image_format, e.jpeg_quality)
+            b_out, ext_out = _convert(pair[1], pair[2], e.image_format, e.jpeg_quality)
+            meta = {k: _plain(rows[cid][k]) for k in _META_FIELDS} | {"rank": rank, "split": split}
+            for ext, data in ((f"input.{ext_in}", b_in), (f"edited.{ext_out}", b_out),
+                              ("json", json.dumps(meta, sort_keys=True).encode())):
+                info = tarfile.TarInfo(f"{cid}.{ext}")
+                info.size, info.mtime = len(data), 0
+                tars[split].addfile(info, io.BytesIO(data))
+            counts[split] += 1
+    if errors:
+        log.error("export: filter shard %s: %s", shard, "; ".join(errors))
+    missing = len(wanted) - sum(counts.values())
+    done = {"shard": shard, "fingerprint": fingerprint, "pairs": {s: counts.get(s, 0) for s in SPLITS},
+            "skipped": {("unreadable_filter_shard" if errors else "no_stored_images"): missing} if missing else {},
+            "errors": errors}
+    with store.atomic_path(marker) as tmp:
+        tmp.write_text(json.dumps(done, indent=1, sort_keys=True))
+    return done
+
+
+def _run_units(cfg: PipelineConfig, todo: list[tuple]) -> list[dict[str, Any]]:
+    """Export shards in parallel as Ray tasks (one CPU each); a single one runs here."""
+    if len(todo) <= 1:
+        return [export_unit(cfg, *args) for args in todo]
+    import ray
+
+    from datagen.distribute import init_ray
+
+    init_ray(cfg.ray_address)
+    task = ray.remote(num_cpus=1, max_retries=2)(export_unit)
+    return ray.get([task.remote(cfg, *args) for args in todo])
+
+
 def export_run(cfg: PipelineConfig, store: RunStore, out: str | Path | None = None) -> dict[str, Any]:
-    """Write the configured export formats of the current selection; return the manifest."""
+    """Write the configured export formats of the current selection; return the manifest.
+
+    Resumable per export shard (= per filter shard): each writes its pairs under ``units/`` and
+    then its done marker; a re-run redoes only the export shards whose pairs, splits, image
+    settings or filter shard changed (after a refilter: those whose selection changed). The
+    final webdataset and HF files are then packed from the export shards, in shard order.
+    """
     e = cfg.export
     out = Path(out) if out else store.root / "export"
-    selection = read_selection(store)
+    if not (store.stage_dir(STAGE) / SELECTION_FILE).exists():
+        read_selection(store)   # raises the error that says how to make one
     info = read_selection_info(store)
     out.mkdir(parents=True, exist_ok=True)
+    units = plan_units(cfg, store)
+    todo, reused = [], 0
+    for shard, wanted in units.items():
+        fingerprint = unit_fingerprint(cfg, store, shard, wanted)
+        _, marker = _unit_paths(out, shard)
+        if marker.exists() and json.loads(marker.read_text()).get("fingerprint") == fingerprint:
+            reused += 1
+        else:
+            marker.unlink(missing_ok=True)
+            todo.append((str(store.root), str(out), shard, wanted, fingerprint))
+    log.info("export: %d export shard(s), %d done before, %d to write", len(units), reused, len(todo))
+    _run_units(cfg, todo)
+    _remove_stale_units(out, set(units))
+
     tmp = {fmt: out / f".{fmt}.tmp" for fmt in e.formats}
     for path in tmp.values():
         shutil.rmtree(path, ignore_errors=True)
     tars = {s: _TarShards(tmp["webdataset"] / s, e.shard_size) for s in SPLITS} if "webdataset" in tmp else {}
     parquets = {s: _ParquetShards(tmp["hf"] / "data", s, e.shard_size) for s in SPLITS} if "hf" in tmp else {}
-
     counts, skipped = Counter(), Counter()
-    for shard, chosen in selection.groupby("shard", sort=True):
-        # One filter shard at a time, its images streamed: memory is bounded by a sample.
-        wanted = dict(zip(chosen["candidate_id"], chosen["rank"]))
-        rows = read_scores(store, shards=[int(shard)]).set_index("candidate_id")
-        errors: list[str] = []
-        done = 0
-        for cid, sample in stream_samples(store.shard_path(STAGE, int(shard), "tar"), errors):
-            pair = image_pair(sample) if cid in wanted else None
-            if pair is None:
-                continue
-            row = rows.loc[cid]
-            split = split_of(row["triple_id"], cfg.seed, e.val_fraction, e.test_fraction)
-            b_in, ext_in = _convert(pair[0], pair[2], e.image_format, e.jpeg_quality)
-            b_out, ext_out = _convert(pair[1], pair[2], e.image_format, e.jpeg_quality)
-            meta = {"candidate_id": cid, **{k: _plain(row[k]) for k in _META_FIELDS if k != "candidate_id"},
-                    "rank": int(wanted[cid]), "split": split}
-            if tars:
-                tars[split].write(cid, {f"input.{ext_in}": b_in, f"edited.{ext_out}": b_out,
-                                        "json": json.dumps(meta, sort_keys=True).encode()})
-            if parquets:
-                parquets[split].write({
-                    "original_prompt": meta["input_caption"], "original_image": {"bytes": b_in, "path": None},
-                    "edit_prompt": meta["instruction"], "edited_prompt": meta["output_caption"],
-                    "edited_image": {"bytes": b_out, "path": None}, "candidate_id": cid,
-                    "triple_id": meta["triple_id"], "edit_kind": meta["edit_kind"],
-                    **{m: meta[m] for m in ("sim_0", "sim_1", "sim_image", "sim_direction")}})
-            counts[split] += 1
-            done += 1
-        if errors:
-            log.error("export: filter shard %s: %s", shard, "; ".join(errors))
-        if len(wanted) > done:
-            skipped["unreadable_filter_shard" if errors else "no_stored_images"] += len(wanted) - done
+    for shard in units:
+        paths, marker = _unit_paths(out, shard)
+        done = json.loads(marker.read_text())
+        skipped.update(done["skipped"])
+        for split, path in paths.items():
+            errors: list[str] = []
+            for cid, sample in stream_samples(path, errors):
+                meta = json.loads(sample["json"])
+                if tars:
+                    tars[split].write(cid, sample)
+                if parquets:
+                    b_in, b_out = (next(v for k, v in sample.items() if k.startswith(part))
+                                   for part in ("input.", "edited."))
+                    parquets[split].write({
+                        "original_prompt": meta["input_caption"], "original_image": {"bytes": b_in, "path": None},
+                        "edit_prompt": meta["instruction"], "edited_prompt": meta["output_caption"],
+                        "edited_image": {"bytes": b_out, "path": None}, "candidate_id": cid,
+                        "triple_id": meta["triple_id"], "edit_kind": meta["edit_kind"],
+                        **{m: meta[m] for m in ("sim_0", "sim_1", "sim_image", "sim_direction")}})
+                counts[split] += 1
+            if errors:
+                raise RuntimeError(f"export shard {path} is unreadable ({'; '.join(errors)}): "
+                                   f"delete {marker} and re-run")
 
     manifest: dict[str, Any] = {"pairs": sum(counts.values()), "splits": {s: counts.get(s, 0) for s in SPLITS},
                                 "skipped": dict(skipped), "formats": list(e.formats), "image_format": e.image_format,
                                 "selection": {k: info.get(k) for k in ("thresholds", "max_pairs_per_triple", "selected",
-                                                                       "overrides")}}
+                                                                       "overrides")},
+                                "export_shards": {"total": len(units), "reused": reused, "written": len(todo)}}
     if tars:
         sizes = {}
         for split, writer in tars.items():
@@ -229,8 +331,20 @@ def export_run(cfg: PipelineConfig, store: RunStore, out: str | Path | None = No
         t.write_text(json.dumps(manifest, indent=1, sort_keys=True))
     if skipped:
         log.warning("export skipped %s", dict(skipped))
-    log.info("exported %d pairs to %s: %s", manifest["pairs"], out, manifest["splits"])
+    log.info("exported %d pairs to %s: %s (export shards: %d written, %d reused)", manifest["pairs"], out,
+             manifest["splits"], len(todo), reused)
     return manifest
+
+
+def _remove_stale_units(out: Path, shards: set[int]) -> None:
+    """Export shards of filter shards that no longer hold selected pairs."""
+    for marker in (out / UNITS).glob("export-*.done.json"):
+        shard = int(marker.name[len("export-"):len("export-") + 5])
+        if shard not in shards:
+            paths, _ = _unit_paths(out, shard)
+            marker.unlink()
+            for path in paths.values():
+                path.unlink(missing_ok=True)
 
 
 def _plain(value: Any) -> Any:

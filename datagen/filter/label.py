@@ -3,7 +3,7 @@
 Shows each sampled candidate's before/after images, captions and instruction with good/bad
 buttons; every click is written at once (atomically) to ``<run>/labels/labels.json``, which
 ``editsynth audit`` reads to measure the filter's precision and recall. Only candidates whose
-images were kept can be shown. Standard library HTTP server, bound to 127.0.0.1 by default.
+images were kept can be shown; the scores are read one shard at a time, never whole. Standard library HTTP server, bound to 127.0.0.1 by default.
 """
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from datagen.store import RunStore
 
@@ -23,6 +26,8 @@ from .labels import LabelError, LabelFile
 from .table import RunError, STAGE, image_pair, read_images_for, read_scores
 
 log = logging.getLogger(__name__)
+
+_ITEM_FIELDS = ("candidate_id", "triple_id", "instruction", "input_caption", "output_caption")
 
 _PAGE = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>editsynth labels: {run}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:20px}}.c{{border:1px solid #ccc;margin:8px 0;padding:8px;display:flex;gap:12px;align-items:center}}
@@ -55,6 +60,30 @@ main();
 </script></body></html>"""
 
 
+def sample_kept(store: RunStore, n: int, seed: int) -> pd.DataFrame:
+    """``n`` candidates drawn at random from those with stored images, read one shard at a time.
+
+    The draw is over positions in the run's table (shards in order), so it is the draw made
+    when the whole table was read; only the shards holding a drawn candidate are read whole.
+    """
+    shards = store.done_shards(STAGE)
+    paths = [store.shard_path(STAGE, s, "parquet") for s in shards]
+    kept = [int(pc.sum(pq.read_table(p, columns=["images_kept"])["images_kept"]).as_py() or 0) if p.exists() else 0
+            for p in paths]
+    if not sum(kept):
+        raise RunError(f"{store.root}: no candidate has stored images to label")
+    rng = np.random.default_rng(seed)
+    drawn = np.sort(rng.choice(sum(kept), size=min(n, sum(kept)), replace=False))
+    starts = np.cumsum([0, *kept])
+    frames = []
+    for i, shard in enumerate(shards):
+        local = drawn[(drawn >= starts[i]) & (drawn < starts[i + 1])] - starts[i]
+        if len(local):
+            rows = read_scores(store, columns=[*_ITEM_FIELDS, "images_kept"], shards=[shard])
+            frames.append(rows[rows["images_kept"].astype(bool)].iloc[local])
+    return pd.concat(frames, ignore_index=True)
+
+
 class LabelServer:
     """The labelling page for a run; ``start()`` serves it in a thread, ``serve_forever()`` blocks."""
 
@@ -64,14 +93,8 @@ class LabelServer:
         if not self.store.done_shards(STAGE):
             raise RunError(f"{self.store.root}/filter has no done shards: run the filter stage first")
         self.labels = LabelFile(self.store, labels_path)
-        scores = read_scores(self.store)
-        pool = scores[scores["images_kept"].astype(bool)]
-        if pool.empty:
-            raise RunError(f"{run}: no candidate has stored images to label")
-        rng = np.random.default_rng(seed)
-        picked = pool.iloc[np.sort(rng.choice(len(pool), size=min(n, len(pool)), replace=False))]
-        self.items = [{k: str(r[k]) for k in ("candidate_id", "triple_id", "instruction", "input_caption",
-                                              "output_caption")} for _, r in picked.iterrows()]
+        picked = sample_kept(self.store, n, seed)
+        self.items = [{k: str(r[k]) for k in _ITEM_FIELDS} for _, r in picked.iterrows()]
         self.images: dict[str, tuple[bytes, bytes, str]] = {}
         for shard, g in picked.groupby("shard"):
             for cid, sample in read_images_for(self.store, int(shard), set(g["candidate_id"])).items():

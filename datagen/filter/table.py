@@ -120,10 +120,13 @@ def image_pair(sample: dict[str, bytes]) -> tuple[bytes, bytes, str] | None:
     return None
 
 
-def write_selection(store: RunStore, selection: pd.DataFrame, info: dict[str, Any]) -> Path:
+def write_selection(store: RunStore, selection: pa.Table | pd.DataFrame, info: dict[str, Any]) -> Path:
     path = store.stage_dir(STAGE) / SELECTION_FILE
     with store.atomic_path(path) as tmp:
-        selection.to_parquet(tmp, index=False)
+        if isinstance(selection, pd.DataFrame):
+            selection.to_parquet(tmp, index=False)
+        else:
+            pq.write_table(selection, tmp)
     with store.atomic_path(store.stage_dir(STAGE) / SELECTION_INFO) as tmp:
         tmp.write_text(json.dumps(info, indent=1, sort_keys=True))
     return path

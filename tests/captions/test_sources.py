@@ -123,3 +123,19 @@ def test_the_run_finds_duplicate_captions_once_and_actors_read_its_flags(tmp_pat
     worker = stage.Worker(cfg, str(tmp_path / "run"))
     worker.source.captions = None          # an actor must not read the source to find duplicates
     assert list(worker.duplicates()) == [False, False, True, False, True]
+
+
+@pytest.mark.parametrize("pipeline,sets,held", [("smoke", ["captions.num_triples=100"], 8), ("paper", [], None)])
+def test_a_source_shorter_than_num_triples_fails_at_stage_start_saying_how_to_point_at_a_larger_one(
+        tmp_path, api_key, pipeline, sets, held):
+    from datagen.captions.stage import plan_shards
+    from datagen.config import ConfigError, load_config
+    from datagen.store import RunStore
+
+    from .conftest import KEY_ENV
+
+    cfg = load_config(pipeline, [*sets, f"captions.openai.api_key_env={KEY_ENV}"])
+    held = held or CaptionSource(cfg.captions.source, 0).size()
+    with pytest.raises(ConfigError, match=rf"holds {held} caption.*--set captions\.source\.kind="):
+        plan_shards(cfg, RunStore(tmp_path))
+    assert not (tmp_path / "captions").exists()    # before any work

@@ -171,3 +171,17 @@ def test_headless_browser_screenshot_of_the_report_is_not_blank(audited, tmp_pat
     assert img.shape == (2400, 1200)
     assert img.std() > 10                              # text, tables and plots, not a blank page
     assert (img < 128).mean() > 0.01
+
+
+def test_a_sampled_audit_still_measures_every_human_label(run_copy, tmp_path):
+    store, _ = run_copy
+    df = read_scores(store)
+    labelled = pd.concat([g.head(3) for _, g in df.groupby("shard")])      # labels in every shard
+    path = tmp_path / "labels.json"
+    path.write_text(json.dumps({c: "good" if i % 2 else "bad" for i, c in enumerate(labelled["candidate_id"])}))
+    full = audit_run(store.root, labels_path=path)
+    sampled = audit_run(store.root, labels_path=path, max_rows=1)       # one whole shard, plus the labelled triples
+    assert sampled["sampled"] and sampled["rows_used"] < sampled["rows_total"] == len(df)
+    assert sampled["labels"]["human"]["labelled"] == len(labelled) == full["labels"]["human"]["labelled"]
+    assert sampled["labels"]["human"]["current"] == full["labels"]["human"]["current"]
+    assert sampled["summary"] == full["summary"] and sampled["sweeps"] == full["sweeps"]   # over every row

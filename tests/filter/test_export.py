@@ -172,3 +172,34 @@ def test_export_to_jpg_reencodes_and_can_write_one_format(run_copy, tmp_path):
     names = [m.name for t in glob.glob(str(tmp_path / "out" / "webdataset" / "*" / "*.tar"))
              for m in tarfile.open(t).getmembers()]
     assert names and all(n.endswith((".input.jpg", ".edited.jpg", ".json")) for n in names)
+
+
+def test_export_resumes_per_export_shard_and_redoes_only_what_changed(run_copy, tmp_path):
+    import hashlib
+
+    from datagen.filter.export import _unit_paths
+    from datagen.filter.refilter import refilter
+
+    store, cfg = run_copy
+
+    def files(root):
+        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
+                if p.is_file() and "units" not in p.parts and p.name != "manifest.json"}
+
+    first = export_run(cfg, store, out=tmp_path / "a")
+    shards = store.done_shards("filter")
+    assert first["export_shards"] == {"total": len(shards), "reused": 0, "written": len(shards)}
+    again = export_run(cfg, store, out=tmp_path / "a")          # nothing changed: nothing rewritten
+    assert again["export_shards"] == {"total": len(shards), "reused": len(shards), "written": 0}
+    before = files(tmp_path / "a")
+    _, marker = _unit_paths(tmp_path / "a", shards[0])
+    marker.unlink()                                             # as if killed before shard 0 finished
+    resumed = export_run(cfg, store, out=tmp_path / "a")
+    assert resumed["export_shards"] == {"total": len(shards), "reused": len(shards) - 1, "written": 1}
+    assert files(tmp_path / "a") == before                      # the same files, byte for byte
+    # a refilter that keeps top-1 instead of top-k changes the pairs of every shard with a multi-pair triple
+    info = refilter(store.root, ["filter.max_pairs_per_triple=1"], export=True)
+    sel = read_selection(store)
+    assert info["export"]["pairs"] == int(sel["images_kept"].sum())
+    made = info["export"]["export_shards"]
+    assert made["written"] + made["reused"] == made["total"] and made["written"] >= 1

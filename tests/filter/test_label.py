@@ -57,3 +57,15 @@ def test_the_same_seed_gives_the_same_sample(run_copy):
     finally:
         for s in (a, b):
             s.httpd.server_close()
+
+
+def test_sample_read_shard_by_shard_is_the_draw_from_the_whole_table(run_copy):
+    import numpy as np
+
+    from datagen.filter.label import sample_kept
+
+    store, _ = run_copy
+    pool = read_scores(store).query("images_kept")
+    for n, seed in ((5, 3), (4, 0), (len(pool) + 10, 1)):
+        want = pool.iloc[np.sort(np.random.default_rng(seed).choice(len(pool), size=min(n, len(pool)), replace=False))]
+        assert sample_kept(store, n, seed)["candidate_id"].tolist() == want["candidate_id"].tolist()
