@@ -37,6 +37,8 @@ class Plan:
     unet_flops: float | None
     render_gpu_hours: float | None
     render_wall_hours: float | None
+    units: int                          # work units (shards) of each stage: captions.shard_size triples each
+    render_unit_gpu_minutes: float | None   # what a crash of one render actor can cost at most
     filter_clip_images: int
     filter_gpu_hours: float | None
     filter_wall_hours: float | None
@@ -63,13 +65,14 @@ def plan(cfg: PipelineConfig, name: str, gpus: int | None = None) -> Plan:
                  + ("; an upper bound: candidates_per_seed > 1 shares rows" if r.candidates_per_seed > 1 else ""))
     height, width = r.height or 512, r.width or 512
     sd_size = r.model != "shapes"
-    flops = render_h = render_wall = None
+    flops = render_h = render_wall = unit_minutes = None
     if sd_size:
         scale = height * width / RENDER_BENCH_PIXELS
         flops = rows * UNET_FLOPS_PER_ROW_SD15_512 * scale
         pairs_per_s = RENDER_PAIRS_PER_S * RENDER_BENCH_STEPS / r.steps / scale
         render_h = candidates / pairs_per_s / 3600
         render_wall = render_h / gpus
+        unit_minutes = cfg.captions.shard_size * r.num_candidates / pairs_per_s / 60
         notes.append(f"render: {r.model} is taken to be SD v1.5-sized: {RENDER_PAIRS_PER_S} pairs/s at "
                      f"{RENDER_BENCH_STEPS} steps and 512 px, scaled to {r.steps} steps and {height}x{width} px "
                      f"(cost proportional to steps and pixels): {pairs_per_s:.3f} pairs/s per GPU")
@@ -101,6 +104,7 @@ def plan(cfg: PipelineConfig, name: str, gpus: int | None = None) -> Plan:
     return Plan(
         pipeline=name, triples=triples, candidates_per_triple=r.num_candidates, candidates=candidates, gpus=gpus,
         unet_rows=rows, unet_flops=flops, render_gpu_hours=render_h, render_wall_hours=render_wall,
+        units=-(-triples // cfg.captions.shard_size), render_unit_gpu_minutes=unit_minutes,
         filter_clip_images=clip_images, filter_gpu_hours=filter_h, filter_wall_hours=filter_wall,
         scores_bytes=candidates * SCORE_BYTES_PER_ROW,
         render_images_bytes=int(candidates * image_bytes) if store in (None, "all") else 0,
@@ -128,6 +132,9 @@ def format_plan(p: Plan) -> str:
         f"= {p.candidates:,} candidates",
         f"render:  {p.unet_rows:,} UNet forward passes (rows), {flops} FLOPs; "
         f"{_hours(p.render_gpu_hours, 'GPU-hours')}, wall {_hours(p.render_wall_hours)} on {p.gpus} GPU(s)",
+        f"units:   {p.units:,} work units of {p.triples // max(p.units, 1):,} triple(s) each per stage; a render unit "
+        f"is {'not projected' if p.render_unit_gpu_minutes is None else f'{p.render_unit_gpu_minutes:,.1f} GPU-minutes'}"
+        " (the most a lost actor costs)",
         f"filter:  {p.filter_clip_images:,} CLIP images; {_hours(p.filter_gpu_hours, 'GPU-hours')}, "
         f"wall {_hours(p.filter_wall_hours)} on {p.gpus} GPU(s)",
         f"storage: scores {_size(p.scores_bytes)}, render images {_size(p.render_images_bytes)}, "

@@ -55,3 +55,10 @@ def test_the_figures_it_projects_from_are_those_of_docs_benchmarks():
     assert f"{planning.CLIP_IMAGES_PER_S:,} images/s" in docs
     assert f"{planning.UNET_FLOPS_PER_ROW_SD15_512 / 1e12:.2f} TFLOP per UNet row" in docs
     assert f"{planning.SCORE_BYTES_PER_ROW} bytes per candidate row" in docs
+
+
+def test_the_paper_recipe_works_in_units_of_a_few_gpu_minutes():
+    p = planning.plan(load_config("paper"), "paper")
+    assert p.units == 450_000 // load_config("paper").captions.shard_size
+    assert 1 <= p.render_unit_gpu_minutes <= 30          # a lost actor costs minutes, not the 55 h of a 1,000-triple shard
+    assert "GPU-minutes" in planning.format_plan(p)
