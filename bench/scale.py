@@ -4,6 +4,8 @@ Writes a temporary run in the filter stage's own format (one scores parquet per 
 the ScoredCandidate schema, an empty image tar, a stats file written last, a config.json of
 the ``paper`` pipeline), then times ``editsynth refilter`` and ``editsynth audit`` on it, each
 in its own process, with its peak RSS and CPU time (the kernel's rusage of the child, wait4).
+Then renders, with the shapes model, a small work and a 10x larger one, each in a fresh render
+actor, and records each actor's peak RSS (bench/render_memory.py; ``--render-triples 0`` skips it).
 
   python bench/scale.py --triples 4500 --candidates 100        # a quick run (450K candidates)
   python bench/scale.py --triples 450000 --candidates 100      # the paper: 45M candidates
@@ -140,6 +142,8 @@ def main() -> None:
     ap.add_argument("--shard-triples", type=int, default=1000, help="triples per shard (paper: captions.shard_size)")
     ap.add_argument("--dir", default=None, help="where the temporary run goes (default: the system temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary run")
+    ap.add_argument("--render-triples", type=int, default=8,
+                    help="triples of the small render work (the large has 10x; 0: skip the render figures)")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="editsynth-scale-", dir=args.dir))
@@ -165,6 +169,15 @@ def main() -> None:
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
+    render = {"render_peak_rss_mb_small": None, "render_peak_rss_mb_large": None}
+    if args.render_triples:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from render_memory import measure as measure_render
+
+        render = measure_render(args.render_triples)
+        print(f"render actor peak RSS: {render['render_peak_rss_mb_small']} MB for "
+              f"{render['render_candidates_small']} candidates, {render['render_peak_rss_mb_large']} MB for "
+              f"{render['render_candidates_large']}", flush=True)
     print(json.dumps({
         "candidates": rows, "triples": args.triples, "candidates_per_triple": args.candidates,
         "write_s": round(write_s, 1), "disk_mb": round(size_mb),
@@ -172,8 +185,7 @@ def main() -> None:
         "refilter_peak_rss_mb": round(refilter_mb),
         "audit_s": round(audit_s, 2), "audit_cpu_s": round(audit_cpu, 2), "audit_peak_rss_mb": round(audit_mb),
         "audit_sample_rows": sample_rows, "load_average_1m": round(load, 1),
-        "render_peak_rss_mb_small": None, "render_peak_rss_mb_large": None,
-        "note": "render_peak_rss_mb_*: the streaming render's figures, measured by its own work (not this one)",
+        **render,
         "cpus": os.cpu_count(),
     }))
 
