@@ -110,6 +110,9 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    # A terminated bench still shuts its cluster down (the trial's finally): a dead cluster left
+    # registered on the machine would stall every later `ray.init()` that looks for one.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="es-chaos-") as d:
         work = Path(d)
