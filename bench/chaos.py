@@ -56,15 +56,27 @@ def made(run: Path) -> dict:
             "selection": pq.read_table(selection).to_pylist() if selection.exists() else None, "export": export}
 
 
-def stage_actor_pids() -> list[int]:
-    """Processes of Ray Data's actor pools (one stage worker each)."""
-    pids = []
+def stage_actor_pids(raylets: set[int]) -> list[int]:
+    """Processes of Ray Data's actor pools (one stage worker each) started by this cluster's raylets:
+    never another Ray's on the same machine."""
+    parent, pids = {}, []
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and "MapWorker" in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                pids.append(int(entry.name))
+            if entry.name.isdigit():
+                parent[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
         except OSError:
             continue
+    for pid in parent:
+        try:
+            if "MapWorker" not in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                continue
+        except OSError:
+            continue
+        ancestor = pid
+        while ancestor in parent and ancestor not in raylets:
+            ancestor = parent[ancestor]
+        if ancestor in raylets:
+            pids.append(pid)
     return pids
 
 
@@ -86,7 +98,8 @@ def trial(rng: random.Random, reference: dict, work: Path, index: int) -> dict:
                     pid = workers[0].all_processes["raylet"][0].process.pid
                     os.kill(pid, signal.SIGKILL)
                     killed = f"raylet {pid}"
-                elif pids := stage_actor_pids():
+                elif pids := stage_actor_pids({n.all_processes["raylet"][0].process.pid
+                                               for n in [cluster.head_node, *workers]}):
                     pid = rng.choice(pids)
                     os.kill(pid, signal.SIGKILL)
                     killed = f"actor {pid}"
