@@ -46,9 +46,14 @@ def test_shapes_run_writes_every_stage_and_the_export(shapes_run):
 def test_oracle_report_has_the_agreed_keys_and_judged_every_candidate(shapes_run):
     report = json.loads((shapes_run / "report" / "oracle.json").read_text())
     for key in ("pairs_correct_rate_all", "pairs_correct_rate_kept", "filter_precision", "filter_recall",
-                "p2p_modes", "t2i_caption_match_rate", "clip_top1", "by_edit_kind"):
+                "pairs_correct_rate_all_full", "pairs_correct_rate_kept_full", "filter_precision_full",
+                "filter_recall_full", "p2p_modes", "p2p_modes_full", "t2i_caption_match_rate", "clip_top1",
+                "by_edit_kind"):
         assert key in report, key
-    assert set(report["p2p_modes"]) == {"self", "cross", "none"}
+    assert set(report["p2p_modes"]) == set(report["p2p_modes_full"]) == {"self", "cross", "none"}
+    # Keeping what captions leave unsaid is a further demand: never more pairs pass it.
+    assert all(report["p2p_modes_full"][m] <= report["p2p_modes"][m] for m in report["p2p_modes"])
+    assert report["pairs_correct_rate_all_full"] <= report["pairs_correct_rate_all"]
     assert all(0.0 <= v <= 1.0 for v in report["p2p_modes"].values())
     assert report["labelled"] == 12 * 2
     assert 0.0 <= report["pairs_correct_rate_all"] <= 1.0

@@ -51,6 +51,10 @@ def test_oracle_eval_judges_editor_sdedit_and_identity_per_edit_kind(tmp_path, t
     for key in ("edit_accuracy", "preservation", "sdedit_edit_accuracy", "sdedit_preservation",
                 "identity_edit_accuracy", "identity_preservation"):
         assert 0.0 <= saved[key] <= 1.0
+    for p in ("", "sdedit_", "identity_"):   # un-named facts kept too: never more than without them
+        assert saved[p + "preservation_full"] <= saved[p + "preservation"]
+        assert saved[p + "edit_correct_full"] <= saved[p + "edit_correct"]
+    assert saved["identity_preservation_full"] == 1.0
     assert set(saved["by_edit_kind"]) == set(EDIT_KINDS)
     assert all(v["n"] == 1 for v in saved["by_edit_kind"].values())
     # Doing nothing keeps everything and makes no edit: the oracle sees exactly that on renders.
@@ -223,7 +227,8 @@ def test_oracle_eval_judges_the_same_edits_worded_as_in_training(tmp_path, tiny_
     assert all(phrased_by(i, k, held_out=True) and not phrased_by(i, k, held_out=False) for i, k in zip(held, kinds))
     assert all(phrased_by(i, k, held_out=False) and not phrased_by(i, k, held_out=True) for i, k in zip(seen, kinds))
     assert seen == oracle.seen_phrasings(oracle.heldout_triples(7, cfg.seed), cfg.seed)
-    for key in ("seen_phrasing_edit_accuracy", "seen_phrasing_preservation", "seen_phrasing_edit_correct"):
+    for key in ("seen_phrasing_edit_accuracy", "seen_phrasing_preservation", "seen_phrasing_edit_correct",
+                "seen_phrasing_preservation_full", "seen_phrasing_edit_correct_full"):
         assert 0.0 <= result[key] <= 1.0
     assert all("seen_phrasing_edit_accuracy" in v for v in result["by_edit_kind"].values())
 
@@ -312,3 +317,19 @@ def test_oracle_eval_on_pairs_without_captions_names_the_problem(tmp_path, tiny_
     cfg = load_config("shapes", ["train.eval.steps=2"]).train.eval
     with pytest.raises(ValueError, match="input_caption and output_caption.*2 pairs"):
         oracle.evaluate_oracle_pairs(str(tiny_editor_dir), str(tmp_path / "data"), "test", cfg, tmp_path / "out")
+
+
+def test_oracle_summary_counts_unnamed_facts_apart_for_every_method():
+    from datagen.shapes.oracle import PairJudgement
+
+    def judged(edit, kept, kept_full):   # (input_ok, output_ok, edit_ok, preserved, correct, preserved_full, ...)
+        return PairJudgement(True, edit, edit, kept, edit, kept_full, edit and kept_full)
+
+    scenes = [judged(True, True, True), judged(True, True, False), judged(False, True, False), judged(True, False, False)]
+    summary = oracle.oracle_summary(["recolour", "recolour", "move", "move"],
+                                    {m: scenes for m in ("editor", "sdedit", "identity", "seen_phrasing")})
+    for p in ("", "sdedit_", "identity_", "seen_phrasing_"):
+        assert summary[p + "edit_correct"] == 0.5 and summary[p + "preservation"] == 0.75
+        assert summary[p + "edit_correct_full"] == 0.25 and summary[p + "preservation_full"] == 0.25
+    assert summary["by_edit_kind"]["recolour"]["sdedit_preservation_full"] == 0.5
+    assert summary["by_scene"]["editor"] == {"edit": "1101", "kept": "1110", "kept_full": "1000"}
