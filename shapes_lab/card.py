@@ -217,24 +217,31 @@ def write_model_card(weights_dir: Path = SHIPPED_DIR) -> Path:
     parts = [_INTRO]
     sections = {
         "clip": ("Tiny CLIP: caption retrieval top-1 among 200 held-out captions; and how often the true "
-                 "caption beats a minimally edited one (the discrimination the filter needs).",
-                 ["step", "minutes", "device", "loss", "clip_top1", "clip_vs_edited_caption"]),
+                 "caption beats a minimally edited one (the discrimination the filter needs). `world`: the "
+                 "shapes world's version judged (2: objects offset within their slots; blank: 1).",
+                 ["step", "minutes", "device", "world", "image_only", "evaluation", "loss", "clip_top1",
+                  "clip_vs_edited_caption"]),
         "vae": ("VAE: oracle agreement of reconstructions of 200 held-out renders with their captions.",
                 ["step", "minutes", "device", "decoder_only", "edge_weight", "tip_weight", "loss", "rec_background", "rec_count", "rec_colour",
                  "rec_shape", "rec_size", "rec_all"]),
         "t2i": ("Text-to-image: oracle agreement of samples (Euler ancestral 25 steps, CFG 4) with their "
                 "captions, EMA and raw weights: 32 held-out captions while training; rows with an `evaluation` "
-                "are `editsynth shapes eval-t2i` on the shipped weights (with the VAE of `vae_step`).",
-                ["step", "minutes", "device", "loss", "evaluation", "vae_step", "ema_background", "ema_count",
+                "are `editsynth shapes eval-t2i` on the shipped weights (with the VAE of `vae_step`); `world`: the "
+                "shapes world's version judged (blank: 1).",
+                ["step", "minutes", "device", "world", "loss", "evaluation", "vae_step", "ema_background", "ema_count",
                  "ema_colour", "ema_shape", "ema_size", "ema_all", "raw_all"]),
         "editor": ("Editor: oracle edit accuracy and preservation on held-out rendered scenes, beside the SDEdit "
                    "baseline on the same scenes (`settings` says how they were edited; `sweep_best`: the guidance "
                    "setting of the eval's sweep with the most edits both made and kept; rows with an `evaluation` "
                    "judge the shipped weights again, as it says; `seen_phrasing_*`: the same "
-                   "edits worded as training data words them, where the headline uses held-out wordings).",
+                   "edits worded as training data words them, where the headline uses held-out wordings; `_full`: "
+                   "the rest kept only when each untouched object's height and offset, which captions never "
+                   "name, stayed within the oracle's tolerance too).",
                    ["step", "minutes", "total_steps", "total_minutes", "device", "evaluation", "edit_accuracy", "preservation", "edit_correct",
                     "sdedit_edit_accuracy", "sdedit_preservation", "sdedit_edit_correct", "seen_phrasing_edit_accuracy",
-                    "seen_phrasing_preservation", "seen_phrasing_edit_correct", "settings", "sweep_best"]),
+                    "seen_phrasing_preservation", "seen_phrasing_edit_correct", "preservation_full",
+                    "edit_correct_full", "sdedit_edit_correct_full", "seen_phrasing_edit_correct_full", "settings",
+                    "sweep_best"]),
     }
     for name, (text, keys) in sections.items():
         log = weights_dir / f"{name}.log.jsonl"

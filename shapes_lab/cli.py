@@ -8,7 +8,7 @@ def _train_clip(args):
     from .train import train_clip
 
     print(json.dumps(train_clip(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                work=args.work)))
+                                work=args.work, out=args.out, image_only=args.image_only)))
 
 
 def _train_vae(args):
@@ -25,13 +25,20 @@ def _train_t2i(args):
     if args.vae_steps:
         train_vae(steps=args.vae_steps, seed=args.seed, work=args.work)
     print(json.dumps(train_unet(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                work=args.work)))
+                                work=args.work, out=args.out)))
 
 
 def _eval_t2i(args):
-    from .train import evaluate_shipped_t2i
+    from .train import SHIPPED_T2I, evaluate_shipped_t2i
 
-    print(json.dumps(evaluate_shipped_t2i(n=args.n, steps=args.steps, guidance=args.guidance)))
+    print(json.dumps(evaluate_shipped_t2i(n=args.n, steps=args.steps, guidance=args.guidance,
+                                          model=args.model or SHIPPED_T2I)))
+
+
+def _eval_clip(args):
+    from .train import evaluate_shipped_clip
+
+    print(json.dumps(evaluate_shipped_clip(n=args.n)))
 
 
 def _publish_editor(args):
@@ -87,8 +94,16 @@ def register(sub) -> None:
             p.add_argument("--tip-weight", type=float, default=0.0,
                            help="extra loss weight on and around the parts of objects thinner than 3 pixels "
                                 "(the tips of small triangles)")
+        if name == "train-clip":
+            p.add_argument("--image-only", action="store_true",
+                           help="train the image tower alone: the text tower, the T2I's frozen text encoder, stays")
+            p.add_argument("--out", help="write snapshots and the log into this candidate folder instead of the "
+                                         "shipped weights (it is resumed from when --work is gone)")
         if name == "train-t2i":
             p.add_argument("--vae-steps", type=int, default=0, help="train the VAE this far first")
+            p.add_argument("--out", help="write snapshots and the log into this candidate folder instead of the "
+                                         "shipped weights (it is resumed from when --work is gone); ship it "
+                                         "only once `eval-t2i --model OUT` clears the bar")
         p.set_defaults(func=func)
     p = ssub.add_parser("eval-t2i", help="judge the shipped T2I on held-out captions with the oracle",
                         description="Sample the shipped tiny SD on N held-out captions, judge each image with "
@@ -96,7 +111,13 @@ def register(sub) -> None:
     p.add_argument("--n", type=int, default=200, help="held-out captions")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=4.0)
+    p.add_argument("--model", help="a candidate folder (train-t2i --out) instead of the shipped T2I")
     p.set_defaults(func=_eval_t2i)
+    p = ssub.add_parser("eval-clip", help="judge the shipped CLIP on held-out renders (caption retrieval top-1)",
+                        description="Caption retrieval top-1 of the shipped tiny CLIP on N held-out renders of "
+                                    "the current world, logged in its log.")
+    p.add_argument("--n", type=int, default=200, help="held-out renders")
+    p.set_defaults(func=_eval_clip)
     p = ssub.add_parser("publish-editor", help="ship a trained editor as `shapes` (fp16) with its oracle figures",
                         description="Copy an editor trained with `train_editor.py --pipeline shapes --out DIR` into "
                                     "datagen/shapes/weights/editor (fp16), log its oracle figures from "

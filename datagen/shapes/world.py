@@ -3,7 +3,7 @@
 A scene is a background colour and 1-3 objects, each a shape with a colour and a size, standing
 in one of three horizontal slots (left, middle, right). Captions name the slot and the size
 class; they never name what a photo would leave unsaid: each object's height, its horizontal
-offset within the slot and its exact side within the size class. Those are un-named facts,
+offset within the slot and its exact side within the size class (held at the class's side). Those are un-named facts,
 drawn from a seed, that an edit must keep (UNNAMED_FACTS; the oracle judges them).
 """
 from __future__ import annotations
@@ -37,7 +37,11 @@ REFERENCE_SIZE = 64
 SLOT_X = {"left": 11, "middle": 32, "right": 53}
 EXTENT = {"small": 12, "large": 18}     # bounding-box side of a shape, px
 Y_RANGE = (18, 46)                      # centre heights the renderer draws from
-X_OFFSET_RANGE = (0, 0)                 # offset from the slot's centre, px
+# Version 2 draws each object's offset within its slot (a small object moves up to 3 px either
+# way; a large one has 1 px of room); version 1 drew heights alone. Sides within a size class stay
+# fixed: the oracle's small/large threshold leaves a generated object 2 px of slack, no more.
+WORLD_VERSION = 2
+X_OFFSET_RANGE = (-3, 3)                # offset from the slot's centre, px
 EXTENT_OFFSET_RANGE = (0, 0)            # side minus its size class's EXTENT, px
 # An object stays within SLOT_X +- SLOT_HALF_SPAN: 2 px clear of its neighbours' spans, so that
 # objects never touch (the oracle would read two touching objects as one).
