@@ -6,10 +6,12 @@ the oracle judges whether the instructed change is visible (edit accuracy) and w
 everything else stayed (preservation), per edit kind -> ``oracle_edit.json``; the ``_full`` keys
 count everything else as kept only when each untouched object's un-named facts (height, offset
 within its slot: what the captions never say) stayed within the oracle's tolerance too. The held-out
-instructions use phrasings no training triple has ("get rid of the circle"); the same edits
-phrased as training data phrases them are judged too (``seen_phrasing_*``), which separates
-following a new wording from making the edit: a tiny text encoder trained on shapes-world
-captions alone has no way to know that "get rid of" means "remove".
+instructions use phrasings no training triple has, built from words training texts contain
+("take the circle away"); the same edits phrased as training data phrases them are judged too
+(``seen_phrasing_*``), which separates following a new wording from making the edit. Edits with a
+wording that has a word no training text has ("get rid of the circle") are judged apart, on the
+scenes whose edit kind has one (``unseen_vocabulary_*``): a tiny text encoder trained on
+shapes-world texts alone has no way to know that "get rid of" means "remove".
 
 ``evaluate_oracle_pairs``: the same judgement of a shapes dataset's own pairs.
 """
@@ -56,6 +58,14 @@ def seen_phrasings(triples, seed: int = 0) -> list[str]:
     """The same edits as ``triples``, phrased only with phrasings that training data uses."""
     rng = random.Random(seed_from(seed, "seen_phrasing"))
     return [grammar.instruction(t.input_scene, t.edit, rng, held_out=False) for t in triples]
+
+
+def unseen_vocabulary_phrasings(triples, seed: int = 0) -> dict[int, str]:
+    """{scene index: the same edit phrased with a word no training text has}, for the scenes whose
+    edit has such a phrasing (recolours, say, have none)."""
+    rng = random.Random(seed_from(seed, "unseen_vocabulary"))
+    return {i: grammar.instruction(t.input_scene, t.edit, rng, held_out="unseen_vocabulary")
+            for i, t in enumerate(triples) if grammar.templates(grammar.instruction_key(t.edit), "unseen_vocabulary")}
 
 
 def _rates(judgements: list, idx: list[int]) -> tuple[float, float, float]:
@@ -133,6 +143,13 @@ def evaluate_oracle(editor_model: str, cfg: EvalConfig, out: str | Path, base_mo
     if cfg.oracle_seen_phrasing:  # the headline setting again, the edits worded as in training
         judged["seen_phrasing"] = judge(edit_batch(editor, inputs, seen_phrasings(triples, cfg.seed), cfg.steps,
                                                    *headline, cfg.seed, cfg.batch_size, seeds, cfg.scheduler))
+    unseen = unseen_vocabulary_phrasings(triples, cfg.seed) if cfg.oracle_unseen_vocabulary else {}
+    if unseen:   # the headline setting on those scenes alone
+        idx = sorted(unseen)
+        unseen_judged = [oracle.judge_pair(inputs[i], after, triples[i].input_caption, triples[i].output_caption)
+                         for i, after in zip(idx, edit_batch(editor, [inputs[i] for i in idx], [unseen[i] for i in idx],
+                                                             cfg.steps, *headline, cfg.seed, cfg.batch_size,
+                                                             [seeds[i] for i in idx], cfg.scheduler))]
     del editor
     sdedit_sweep = []
     if base_model:
@@ -148,6 +165,11 @@ def evaluate_oracle(editor_model: str, cfg: EvalConfig, out: str | Path, base_mo
                 sdedit_sweep.append({"sdedit_strength": strength,
                                      **{k: point["sdedit_" + k] for k in ORACLE_RATES + ORACLE_RATES_FULL}})
     result = oracle_summary(kinds, judged)
+    if unseen:
+        apart = oracle_summary([kinds[i] for i in idx], {"unseen_vocabulary": unseen_judged})
+        result.update({k: v for k, v in apart.items() if k.startswith("unseen_vocabulary_")})
+        result["unseen_vocabulary_num_scenes"] = len(idx)
+        result["by_scene"]["unseen_vocabulary"] = {"scenes": idx, **apart["by_scene"]["unseen_vocabulary"]}
     result.update({
         "editor": editor_model, "base_model": base_model, "image_size": image_size, "steps": cfg.steps,
         "scheduler": cfg.scheduler,

@@ -16,7 +16,7 @@ ORACLE_RATES = ("edit_accuracy", "preservation", "edit_correct")   # edit made, 
 ORACLE_RATES_FULL = ("preservation_full", "edit_correct_full")
 # Where each method's rates sit in oracle_edit.json: "sdedit_edit_accuracy", ...
 METHOD_PREFIX = {"editor": "", "sdedit": "sdedit_", "identity": "identity_", "seen_phrasing": "seen_phrasing_",
-                 "dataset": "dataset_"}
+                 "unseen_vocabulary": "unseen_vocabulary_", "dataset": "dataset_"}
 
 
 class NotAnOracleEval(ValueError):

@@ -70,7 +70,7 @@ def test_oracle_eval_sweeps_image_and_text_guidance_beside_the_headline_setting(
                                  "train.eval.oracle_text_guidance=7.5", "train.eval.oracle_image_guidance=1.5",
                                  "train.eval.oracle_image_guidance_sweep=[1.5,3.0]",
                                  "train.eval.oracle_text_guidance_sweep=[]",
-                                 "train.eval.oracle_seen_phrasing=false"]).train.eval
+                                 "train.eval.oracle_seen_phrasing=false", "train.eval.oracle_unseen_vocabulary=false"]).train.eval
     result = oracle.evaluate_oracle(str(tiny_editor_dir), cfg, tmp_path, base_model=None)
     # The headline setting is edited once and reused; each other scale is one more editor pass.
     assert scales_of(editor_passes) == [(7.5, 1.5), (7.5, 3.0)]
@@ -106,7 +106,7 @@ def test_oracle_eval_samples_editor_and_sdedit_with_the_configured_scheduler(tmp
     monkeypatch.setattr(sampling, "make_scheduler", recording("editor"))
     monkeypatch.setattr(sdedit, "make_scheduler", recording("sdedit"))
     cfg = load_config("shapes", ["train.eval.oracle_num_scenes=2", "train.eval.steps=2",
-                                 "train.eval.oracle_image_guidance_sweep=[]", "train.eval.oracle_seen_phrasing=false",
+                                 "train.eval.oracle_image_guidance_sweep=[]", "train.eval.oracle_seen_phrasing=false", "train.eval.oracle_unseen_vocabulary=false",
                                  "train.eval.scheduler=DDIMScheduler"]).train.eval
     result = oracle.evaluate_oracle(str(tiny_editor_dir), cfg, tmp_path, base_model=str(tiny_sd_dir))
     assert set(made) == {("editor", "DDIMScheduler"), ("sdedit", "DDIMScheduler")}
@@ -127,7 +127,7 @@ def test_eval_compare_puts_oracle_evals_side_by_side(tmp_path, tiny_editor_dir, 
     swept = load_config("shapes", common + ["train.eval.oracle_image_guidance_sweep=[1.5,3.0]"]).train.eval
     a = oracle.evaluate_oracle(str(tiny_editor_dir), swept, tmp_path / "a", base_model=str(tiny_sd_dir))
     plain = load_config("shapes", common + ["train.eval.oracle_image_guidance_sweep=[]",
-                                            "train.eval.oracle_seen_phrasing=false"]).train.eval
+                                            "train.eval.oracle_seen_phrasing=false", "train.eval.oracle_unseen_vocabulary=false"]).train.eval
     b = oracle.evaluate_oracle(str(tiny_editor_dir), plain, tmp_path / "b", base_model=None)
 
     table = results.compare_oracle([a, b])
@@ -218,7 +218,7 @@ def test_oracle_eval_judges_the_same_edits_worded_as_in_training(tmp_path, tiny_
     cfg = load_config("shapes", ["train.eval.oracle_num_scenes=7", "train.eval.steps=2",
                                  "train.eval.oracle_image_guidance_sweep=[]"]).train.eval
     result = oracle.evaluate_oracle(str(tiny_editor_dir), cfg, tmp_path, base_model=None)
-    (held, *headline), (seen, *again) = editor_passes
+    (held, *headline), (seen, *again), (unseen_instructions, *apart) = editor_passes
     # The tiny editor has no edit_config.json: the paper's scales, said so.
     assert headline == again == [7.5, 1.5] == [result["text_guidance_scale"], result["image_guidance_scale"]]
     assert result["guidance_from"] == "paper"
@@ -231,6 +231,14 @@ def test_oracle_eval_judges_the_same_edits_worded_as_in_training(tmp_path, tiny_
                 "seen_phrasing_preservation_full", "seen_phrasing_edit_correct_full"):
         assert 0.0 <= result[key] <= 1.0
     assert all("seen_phrasing_edit_accuracy" in v for v in result["by_edit_kind"].values())
+    # Apart: the scenes whose edit has a wording with a word no training text has, so worded.
+    unseen = oracle.unseen_vocabulary_phrasings(oracle.heldout_triples(7, cfg.seed), cfg.seed)
+    assert result["unseen_vocabulary_num_scenes"] == len(unseen) >= 4
+    assert result["by_scene"]["unseen_vocabulary"]["scenes"] == sorted(unseen)
+    assert apart == headline and [unseen[i] for i in sorted(unseen)] == unseen_instructions
+    for key in ("unseen_vocabulary_edit_accuracy", "unseen_vocabulary_preservation", "unseen_vocabulary_edit_correct",
+                "unseen_vocabulary_edit_correct_full", "unseen_vocabulary_preservation_full"):
+        assert 0.0 <= result[key] <= 1.0
 
 
 def test_heldout_triples_are_balanced_and_never_from_training_seeds():
@@ -255,7 +263,7 @@ def test_oracle_eval_on_validation_scenes_with_an_sdedit_strength_sweep(tmp_path
     from datagen.config import load_config
 
     cfg = load_config("shapes", ["train.eval.oracle_num_scenes=3", "train.eval.steps=2",
-                                 "train.eval.oracle_scenes=validation", "train.eval.oracle_seen_phrasing=false",
+                                 "train.eval.oracle_scenes=validation", "train.eval.oracle_seen_phrasing=false", "train.eval.oracle_unseen_vocabulary=false",
                                  "train.eval.oracle_image_guidance_sweep=[1.5,3]",
                                  "train.eval.oracle_text_guidance_sweep=[]",
                                  "train.eval.oracle_sdedit_strength=0.6",
