@@ -202,6 +202,18 @@ Logs: `weights/<model>.log.jsonl` (one JSON row per evaluation). Training resume
   background edits' objects (kept 0.80) and the moves' (0.97) but makes fewer moves (0.77) and
   resizes (0.63); removals 0.00, reshapes 0.43.
 
+World 2 (issue 40): objects are drawn at an un-named offset within their slots (small ones up
+to 3 px either way, large ones 1 px), which captions never name and the oracle judges (the `_full`
+figures). The shipped T2I needs no renders to sample, and matches as many captions on world 2's
+held-out captions (0.93 of 200; `editsynth shapes eval-t2i`, the row with `world` 2). The shipped
+CLIP reads world-2 renders less well: top-1 0.89 on the 200 held-out renders of its table
+(`editsynth shapes eval-clip`), 0.885 over 600 (0.905 on world 1's). Fine-tuning its image tower
+alone (`train-clip --image-only --out resume/clip-world2`: the text tower is the T2I's frozen text
+encoder and stays exactly as it was) and the T2I's UNet (`train-t2i --out resume/t2i-world2`)
+on world 2 write candidates under `resume/` (their logs beside them), which replace no shipped
+weights until they are judged over the bars (T2I caption match >= 0.9, CLIP top-1 >= 0.9) and
+copied here.
+
 Columns: `minutes` counts from the trainer's latest (re)start, not from step 0. VAE rows before
 step 399 were judged by the first oracle, which read the decoders' colour halos as object
 pixels; later rows by the current one (same images: all-correct 0.275 -> 0.44 at step 308).
