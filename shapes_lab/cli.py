@@ -29,10 +29,9 @@ def _train_t2i(args):
 
 
 def _eval_t2i(args):
-    from .train import SHIPPED_T2I, evaluate_shipped_t2i
+    from .train import evaluate_shipped_t2i
 
-    print(json.dumps(evaluate_shipped_t2i(n=args.n, steps=args.steps, guidance=args.guidance,
-                                          model=args.model or SHIPPED_T2I)))
+    print(json.dumps(evaluate_shipped_t2i(n=args.n, steps=args.steps, guidance=args.guidance, model=args.model)))
 
 
 def _eval_clip(args):

@@ -43,7 +43,8 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _log(name: str, row: dict, folder: Path = SHIPPED_DIR) -> None:
+def _log(name: str, row: dict, folder: Path | None = None) -> None:
+    folder = SHIPPED_DIR if folder is None else folder   # looked up now: tests point it elsewhere
     folder.mkdir(parents=True, exist_ok=True)
     row = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **row}
     with open(folder / f"{name}.log.jsonl", "a") as f:
@@ -442,13 +443,13 @@ def train_unet(steps: int = 6000, batch_size: int = 64, lr: float = 6e-4, seed: 
 
 
 def evaluate_shipped_t2i(n: int = 200, steps: int = 25, guidance: float = 4.0,
-                         model: str | Path = SHIPPED_T2I) -> dict:
+                         model: str | Path | None = None) -> dict:
     """Judge a T2I as users load it (fp16 weights, its own VAE) on n held-out captions of the
     current world; the figures go into its log and train_state.json (the shipped one's are what
     reports and the model card read)."""
     from diffusers import StableDiffusionPipeline
 
-    model = Path(model)
+    model = SHIPPED_T2I if model is None else Path(model)
     pipe = StableDiffusionPipeline.from_pretrained(model, torch_dtype=torch.float32, safety_checker=None,
                                                    requires_safety_checker=False).to(_device())
     pipe.set_progress_bar_config(disable=True)
@@ -465,11 +466,12 @@ def evaluate_shipped_t2i(n: int = 200, steps: int = 25, guidance: float = 4.0,
     return metrics
 
 
-def publish_t2i(pipe, step: int, metrics: dict, folder: Path = SHIPPED_T2I) -> Path:
+def publish_t2i(pipe, step: int, metrics: dict, folder: Path | None = None) -> Path:
     """Save the pipeline as a diffusers directory (the shipped one unless told), fp16 weights (small
     to commit)."""
     import copy
 
+    folder = SHIPPED_T2I if folder is None else folder
     half = copy.deepcopy(pipe).to(torch.float16)
     half.save_pretrained(folder, safe_serialization=True)
     _drop_local_paths(folder)   # a VAE resumed from the shipped folder carries its path

@@ -82,6 +82,9 @@ def test_unet_training_over_the_published_vae_ships_no_machine_paths(weights, tm
     for config in configs:
         assert "_name_or_path" not in json.loads(config.read_text()), config
     assert json.loads((weights / "t2i" / "train_state.json").read_text())["step"] == 2
+    # Every trainer logs into the weights folder it publishes to (a regression: the VAE's log once
+    # went to the real shipped folder whatever the tests pointed it at).
+    assert all((weights / f"{name}.log.jsonl").exists() for name in ("clip", "vae", "t2i"))
 
 
 def test_a_candidate_leaves_the_shipped_weights_alone_and_a_fresh_machine_resumes_from_it(weights, tmp_path, caplog):
