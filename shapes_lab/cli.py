@@ -69,6 +69,12 @@ def _report(args):
                                          num_candidates=args.mode_candidates), indent=1))
 
 
+def _seed_probe(args):
+    from .stage_value import layout_follows_seed
+
+    print(json.dumps(layout_follows_seed(num_triples=args.triples)))
+
+
 def register(sub) -> None:
     shapes = sub.add_parser("shapes", help="the shapes world: train and evaluate its tiny models")
     ssub = shapes.add_subparsers(dest="shapes_command", metavar="COMMAND")
@@ -146,3 +152,9 @@ def register(sub) -> None:
     p.add_argument("--mode-triples", type=int, default=24, help="triples re-rendered per mode")
     p.add_argument("--mode-candidates", type=int, default=4, help="candidates per triple per mode")
     p.set_defaults(func=_report)
+    p = ssub.add_parser("seed-probe", help="does the shipped T2I lay objects out by the seed alone?",
+                        description="Render before/after pairs with no sharing, the after image from the same seed "
+                                    "and from another; print how often untouched objects keep their un-named "
+                                    "facts among oracle-correct pairs in each case.")
+    p.add_argument("--triples", type=int, default=48)
+    p.set_defaults(func=_seed_probe)
