@@ -169,7 +169,8 @@ def test_eval_compare_pairs_the_same_scenes_verdict_by_verdict(tmp_path, tiny_ed
         assert verdicts["kept"].count("1") / 9 == pytest.approx(point["preservation"])
         both = sum(e == k == "1" for e, k in zip(verdicts["edit"], verdicts["kept"]))
         assert both / 9 == pytest.approx(point["edit_correct"])
-    assert a["by_scene"]["identity"] == {"edit": "0" * 9, "kept": "1" * 9}
+        assert verdicts["kept_full"].count("1") / 9 == pytest.approx(point["preservation_full"])
+    assert a["by_scene"]["identity"] == {"edit": "0" * 9, "kept": "1" * 9, "kept_full": "1" * 9}
 
     # A second editor that gains four scenes at the headline ("both") and loses none.
     b = json.loads(json.dumps(a))
