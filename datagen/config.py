@@ -233,6 +233,9 @@ class EvalConfig(Section):
     # Judge the headline setting once more with the edits worded as training data words them
     # (seen_phrasing_* keys): one more editor pass.
     oracle_seen_phrasing: bool = True
+    # And once more on the scenes whose edits have a wording with a word no training text has
+    # ("get rid of": unseen_vocabulary_* keys): one more editor pass over those scenes.
+    oracle_unseen_vocabulary: bool = True
 
     @model_validator(mode="after")
     def _lists(self):

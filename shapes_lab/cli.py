@@ -8,7 +8,7 @@ def _train_clip(args):
     from .train import train_clip
 
     print(json.dumps(train_clip(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                work=args.work)))
+                                work=args.work, out=args.out, image_only=args.image_only)))
 
 
 def _train_vae(args):
@@ -25,13 +25,19 @@ def _train_t2i(args):
     if args.vae_steps:
         train_vae(steps=args.vae_steps, seed=args.seed, work=args.work)
     print(json.dumps(train_unet(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                work=args.work)))
+                                work=args.work, out=args.out)))
 
 
 def _eval_t2i(args):
     from .train import evaluate_shipped_t2i
 
-    print(json.dumps(evaluate_shipped_t2i(n=args.n, steps=args.steps, guidance=args.guidance)))
+    print(json.dumps(evaluate_shipped_t2i(n=args.n, steps=args.steps, guidance=args.guidance, model=args.model)))
+
+
+def _eval_clip(args):
+    from .train import evaluate_shipped_clip
+
+    print(json.dumps(evaluate_shipped_clip(n=args.n)))
 
 
 def _publish_editor(args):
@@ -63,6 +69,12 @@ def _report(args):
                                          num_candidates=args.mode_candidates), indent=1))
 
 
+def _seed_probe(args):
+    from .stage_value import layout_follows_seed
+
+    print(json.dumps(layout_follows_seed(num_triples=args.triples)))
+
+
 def register(sub) -> None:
     shapes = sub.add_parser("shapes", help="the shapes world: train and evaluate its tiny models")
     ssub = shapes.add_subparsers(dest="shapes_command", metavar="COMMAND")
@@ -87,8 +99,16 @@ def register(sub) -> None:
             p.add_argument("--tip-weight", type=float, default=0.0,
                            help="extra loss weight on and around the parts of objects thinner than 3 pixels "
                                 "(the tips of small triangles)")
+        if name == "train-clip":
+            p.add_argument("--image-only", action="store_true",
+                           help="train the image tower alone: the text tower, the T2I's frozen text encoder, stays")
+            p.add_argument("--out", help="write snapshots and the log into this candidate folder instead of the "
+                                         "shipped weights (it is resumed from when --work is gone)")
         if name == "train-t2i":
             p.add_argument("--vae-steps", type=int, default=0, help="train the VAE this far first")
+            p.add_argument("--out", help="write snapshots and the log into this candidate folder instead of the "
+                                         "shipped weights (it is resumed from when --work is gone); ship it "
+                                         "only once `eval-t2i --model OUT` clears the bar")
         p.set_defaults(func=func)
     p = ssub.add_parser("eval-t2i", help="judge the shipped T2I on held-out captions with the oracle",
                         description="Sample the shipped tiny SD on N held-out captions, judge each image with "
@@ -96,7 +116,13 @@ def register(sub) -> None:
     p.add_argument("--n", type=int, default=200, help="held-out captions")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=4.0)
+    p.add_argument("--model", help="a candidate folder (train-t2i --out) instead of the shipped T2I")
     p.set_defaults(func=_eval_t2i)
+    p = ssub.add_parser("eval-clip", help="judge the shipped CLIP on held-out renders (caption retrieval top-1)",
+                        description="Caption retrieval top-1 of the shipped tiny CLIP on N held-out renders of "
+                                    "the current world, logged in its log.")
+    p.add_argument("--n", type=int, default=200, help="held-out renders")
+    p.set_defaults(func=_eval_clip)
     p = ssub.add_parser("publish-editor", help="ship a trained editor as `shapes` (fp16) with its oracle figures",
                         description="Copy an editor trained with `train_editor.py --pipeline shapes --out DIR` into "
                                     "datagen/shapes/weights/editor (fp16), log its oracle figures from "
@@ -126,3 +152,9 @@ def register(sub) -> None:
     p.add_argument("--mode-triples", type=int, default=24, help="triples re-rendered per mode")
     p.add_argument("--mode-candidates", type=int, default=4, help="candidates per triple per mode")
     p.set_defaults(func=_report)
+    p = ssub.add_parser("seed-probe", help="does the shipped T2I lay objects out by the seed alone?",
+                        description="Render before/after pairs with no sharing, the after image from the same seed "
+                                    "and from another; print how often untouched objects keep their un-named "
+                                    "facts among oracle-correct pairs in each case.")
+    p.add_argument("--triples", type=int, default=48)
+    p.set_defaults(func=_seed_probe)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from datagen.shapes import data, oracle
+from datagen.shapes import data, oracle, world
 from datagen.shapes.models import (
     CLIP_PRESETS,
     SHIPPED_CLIP,
@@ -43,10 +43,11 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _log(name: str, row: dict) -> None:
-    SHIPPED_DIR.mkdir(parents=True, exist_ok=True)
+def _log(name: str, row: dict, folder: Path | None = None) -> None:
+    folder = SHIPPED_DIR if folder is None else folder   # looked up now: tests point it elsewhere
+    folder.mkdir(parents=True, exist_ok=True)
     row = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **row}
-    with open(SHIPPED_DIR / f"{name}.log.jsonl", "a") as f:
+    with open(folder / f"{name}.log.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
     log.info("%s %s", name, row)
 
@@ -91,14 +92,22 @@ def evaluate_clip(model, preset, n: int = 200, seed: int = HELD_OUT_SEED) -> dic
 
 
 def train_clip(steps: int = 1500, batch_size: int = 128, lr: float = 1e-3, seed: int = 0,
-               work: str | Path = "runs/shapes-train", eval_every: int = 100, preset: str = "shapes") -> dict:
+               work: str | Path = "runs/shapes-train", eval_every: int = 100, preset: str = "shapes",
+               out: str | Path | None = None, image_only: bool = False) -> dict:
+    """Train the tiny CLIP; snapshots go into the shipped folder, or into the candidate folder
+    ``out`` (resumed from when ``<work>`` is gone). ``image_only`` trains the image tower alone:
+    the text tower is the T2I's frozen text encoder, and stays exactly as it was."""
     import open_clip
 
     dev = _device()
     p = CLIP_PRESETS[preset]
+    folder, log_folder = (SHIPPED_CLIP, SHIPPED_DIR) if out is None else (Path(out), Path(out))
     model, _ = build_clip(p, seed=seed)
     model.to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
+    if image_only:
+        model.requires_grad_(False)
+        model.visual.requires_grad_(True)
+    opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=lr, weight_decay=0.1)
     state_path = Path(work) / "clip" / "state.pt"
     step = 0
     if (state := _load_state(state_path)) is not None:
@@ -106,13 +115,13 @@ def train_clip(steps: int = 1500, batch_size: int = 128, lr: float = 1e-3, seed:
         opt.load_state_dict(state["opt"])
         step = state["step"]
         log.info("clip: resumed at step %d", step)
-    elif (shipped := _shipped_step(SHIPPED_CLIP)) is not None:
-        # A fresh machine: continue from the committed fp16 weights (the optimiser restarts).
+    elif (start := next((f for f in (folder, SHIPPED_CLIP) if _shipped_step(f) is not None), None)) is not None:
+        # A fresh machine: continue from the committed fp16 weights, the candidate's first (the optimiser restarts).
         from safetensors.torch import load_file
 
-        model.load_state_dict({k: v.float() for k, v in load_file(SHIPPED_CLIP / "open_clip_model.safetensors").items()})
-        step = shipped
-        log.info("clip: resumed from the shipped weights at step %d", step)
+        model.load_state_dict({k: v.float() for k, v in load_file(start / "open_clip_model.safetensors").items()})
+        step = _shipped_step(start)
+        log.info("clip: resumed from the fp16 weights in %s at step %d", start, step)
     tok = open_clip.SimpleTokenizer(context_length=p.context_length)
     gen = torch.Generator().manual_seed(seed)
     t0, last_save = time.time(), time.time()
@@ -135,12 +144,27 @@ def train_clip(steps: int = 1500, batch_size: int = 128, lr: float = 1e-3, seed:
         if step % eval_every == 0 or step == steps or time.time() - last_save > 300:
             metrics = evaluate_clip(model, p)
             _log("clip", {"step": step, "loss": round(loss.item(), 4), "minutes": round((time.time() - t0) / 60, 2),
-                          "device": str(dev), **metrics})
+                          "device": str(dev), "world": world.WORLD_VERSION, "image_only": image_only, **metrics},
+                 log_folder)
             _save_state(state_path, model=model.state_dict(), opt=opt.state_dict(), step=step)
-            save_clip(model, p, SHIPPED_CLIP, half=True)
-            (SHIPPED_CLIP / "train_state.json").write_text(json.dumps({"step": step, "seed": seed, **metrics}))
+            save_clip(model, p, folder, half=True)
+            (folder / "train_state.json").write_text(json.dumps({"step": step, "seed": seed,
+                                                                 "world": world.WORLD_VERSION, **metrics}))
             last_save = time.time()
     return evaluate_clip(model, p)
+
+
+def evaluate_shipped_clip(n: int = 200, preset: str = "shapes") -> dict:
+    """Judge the shipped CLIP as users load it (fp16 weights) on n held-out renders of the current
+    world; the figures go into its log (not train_state.json: that records its training)."""
+    from safetensors.torch import load_file
+
+    model, _ = build_clip(CLIP_PRESETS[preset])
+    model.load_state_dict({k: v.float() for k, v in load_file(SHIPPED_CLIP / "open_clip_model.safetensors").items()})
+    metrics = evaluate_clip(model.to(_device()), CLIP_PRESETS[preset], n=n)
+    _log("clip", {"step": _shipped_step(SHIPPED_CLIP), "evaluation": f"shipped fp16, {n} held-out renders",
+                  "world": world.WORLD_VERSION, **metrics})
+    return metrics
 
 
 # ---------------------------------------------------------------------------------------
@@ -292,11 +316,17 @@ def _assemble_pipeline(vae, unet, text_encoder, context_length: int):
 def train_unet(steps: int = 6000, batch_size: int = 64, lr: float = 6e-4, seed: int = 0,
                work: str | Path = "runs/shapes-train", eval_every: int = 500, preset: str = "shapes",
                num_scenes: int = 30000, caption_dropout: float = 0.1, offset_noise: float = 0.1,
-               ema_max: float = 0.999, min_snr_gamma: float = 5.0) -> dict:
-    """Train the UNet over precomputed VAE latents with the frozen CLIP text tower."""
+               ema_max: float = 0.999, min_snr_gamma: float = 5.0, out: str | Path | None = None) -> dict:
+    """Train the UNet over precomputed VAE latents with the frozen CLIP text tower.
+
+    Snapshots (fp16 pipeline, train_state.json, t2i.log.jsonl) go into the shipped folder, or into
+    ``out``: a candidate that replaces nothing until judged (``eval-t2i --model OUT``) and that a
+    later session resumes from when ``<work>`` is gone.
+    """
     import copy
 
     dev = _device()
+    folder, log_folder = (SHIPPED_T2I, SHIPPED_DIR) if out is None else (Path(out), Path(out))
     p = T2I_PRESETS[preset]
     work = Path(work)
     vae_state = _load_state(work / "vae" / "state.pt")
@@ -316,7 +346,8 @@ def train_unet(steps: int = 6000, batch_size: int = 64, lr: float = 6e-4, seed: 
     text_encoder.to(dev).eval()
     tokenizer = build_tokenizer(context_length)
 
-    cache = work / "unet" / f"latents-{num_scenes}-vae{vae_step}.pt"   # a new VAE, new latents
+    # A new VAE or a new world, new latents.
+    cache = work / "unet" / f"latents-{num_scenes}-vae{vae_step}-world{world.WORLD_VERSION}.pt"
     if cache.exists():
         cached = torch.load(cache)
     else:
@@ -350,14 +381,16 @@ def train_unet(steps: int = 6000, batch_size: int = 64, lr: float = 6e-4, seed: 
         opt.load_state_dict(state["opt"])
         step = state["step"]
         log.info("unet: resumed at step %d", step)
-    elif (shipped := _shipped_step(SHIPPED_T2I)) is not None and (SHIPPED_T2I / "unet").exists():
+    elif (start := next((f for f in (folder, SHIPPED_T2I) if _shipped_step(f) is not None
+                         and (f / "unet").exists()), None)) is not None:
+        # A fresh machine: continue from the committed fp16 (EMA) weights, the candidate's first.
         from diffusers import UNet2DConditionModel
 
-        shipped_unet = UNet2DConditionModel.from_pretrained(SHIPPED_T2I / "unet", torch_dtype=torch.float32)
+        shipped_unet = UNet2DConditionModel.from_pretrained(start / "unet", torch_dtype=torch.float32)
         unet.load_state_dict(shipped_unet.state_dict())
         ema.load_state_dict(shipped_unet.state_dict())
-        step = shipped
-        log.info("unet: resumed from the shipped (EMA) weights at step %d", step)
+        step = _shipped_step(start)
+        log.info("unet: resumed from the fp16 (EMA) weights in %s at step %d", start, step)
     gen = torch.Generator().manual_seed(seed + step)
     alphas = sched.alphas_cumprod.to(dev)
     t0, last_save, first_step = time.time(), time.time(), step
@@ -402,40 +435,48 @@ def train_unet(steps: int = 6000, batch_size: int = 64, lr: float = 6e-4, seed: 
                 pipe = _assemble_pipeline(vae, net, text_encoder, context_length)
                 metrics, images = evaluate_t2i(pipe, n=32)
                 row.update({f"{name}_{k}": v for k, v in metrics.items()})
-            _log("t2i", row)
+            _log("t2i", {**row, "world": world.WORLD_VERSION}, log_folder)
             publish_t2i(_assemble_pipeline(vae, ema, text_encoder, context_length), step,
-                        {k: v for k, v in row.items() if k.startswith("ema_")})
+                        {k: v for k, v in row.items() if k.startswith("ema_")}, folder)
             last_save = time.time()
     return row
 
 
-def evaluate_shipped_t2i(n: int = 200, steps: int = 25, guidance: float = 4.0) -> dict:
-    """Judge the shipped T2I as users load it (fp16 weights, its own VAE) on n held-out captions;
-    the figures go into its log and train_state.json, which reports and the model card read."""
+def evaluate_shipped_t2i(n: int = 200, steps: int = 25, guidance: float = 4.0,
+                         model: str | Path | None = None) -> dict:
+    """Judge a T2I as users load it (fp16 weights, its own VAE) on n held-out captions of the
+    current world; the figures go into its log and train_state.json (the shipped one's are what
+    reports and the model card read)."""
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(SHIPPED_T2I, torch_dtype=torch.float32, safety_checker=None,
+    model = SHIPPED_T2I if model is None else Path(model)
+    pipe = StableDiffusionPipeline.from_pretrained(model, torch_dtype=torch.float32, safety_checker=None,
                                                    requires_safety_checker=False).to(_device())
     pipe.set_progress_bar_config(disable=True)
     metrics, _ = evaluate_t2i(pipe, n=n, steps=steps, guidance=guidance)
-    state = json.loads((SHIPPED_T2I / "train_state.json").read_text())
+    state = json.loads((model / "train_state.json").read_text())
     vae_step = _shipped_step(SHIPPED_T2I / "vae")
-    _log("t2i", {"step": state["step"], "evaluation": f"shipped fp16, {n} held-out captions, {steps} steps, CFG {guidance}",
-                 "vae_step": vae_step, **{f"ema_{k}": v for k, v in metrics.items()}})
-    state.update({f"ema_{k}": v for k, v in metrics.items()}, eval_captions=n, vae_step=vae_step)
-    (SHIPPED_T2I / "train_state.json").write_text(json.dumps(state))
+    what = "shipped" if model.resolve() == SHIPPED_T2I.resolve() else "candidate"
+    _log("t2i", {"step": state["step"], "evaluation": f"{what} fp16, {n} held-out captions, {steps} steps, CFG {guidance}",
+                 "vae_step": vae_step, "world": world.WORLD_VERSION, **{f"ema_{k}": v for k, v in metrics.items()}},
+         SHIPPED_DIR if what == "shipped" else model)
+    state.update({f"ema_{k}": v for k, v in metrics.items()}, eval_captions=n, vae_step=vae_step,
+                 world=world.WORLD_VERSION)
+    (model / "train_state.json").write_text(json.dumps(state))
     return metrics
 
 
-def publish_t2i(pipe, step: int, metrics: dict) -> Path:
-    """Save the pipeline as the shipped diffusers directory, fp16 weights (small to commit)."""
+def publish_t2i(pipe, step: int, metrics: dict, folder: Path | None = None) -> Path:
+    """Save the pipeline as a diffusers directory (the shipped one unless told), fp16 weights (small
+    to commit)."""
     import copy
 
+    folder = SHIPPED_T2I if folder is None else folder
     half = copy.deepcopy(pipe).to(torch.float16)
-    half.save_pretrained(SHIPPED_T2I, safe_serialization=True)
-    _drop_local_paths(SHIPPED_T2I)   # a VAE resumed from the shipped folder carries its path
-    (SHIPPED_T2I / "train_state.json").write_text(json.dumps({"step": step, **metrics}))
-    return SHIPPED_T2I
+    half.save_pretrained(folder, safe_serialization=True)
+    _drop_local_paths(folder)   # a VAE resumed from the shipped folder carries its path
+    (folder / "train_state.json").write_text(json.dumps({"step": step, "world": world.WORLD_VERSION, **metrics}))
+    return folder
 
 
 # ---------------------------------------------------------------------------------------

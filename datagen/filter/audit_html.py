@@ -228,17 +228,19 @@ def render_report(store: RunStore, audit, numbers: dict[str, Any], sources: dict
     oracle_html = ""
     if oracle:
         kinds = oracle["by_edit_kind"]
+        # The _full keys: also each untouched object's un-named facts kept (runs judged before them lack them).
+        keys = [k for base in ("pairs_correct_rate_all", "pairs_correct_rate_kept", "filter_precision", "filter_recall")
+                for k in (base, base + "_full") if k in oracle]
         oracle_html = ("<h3>Shapes-world oracle</h3>" + _table(
-            ["", "value"], [[k, oracle[k]] for k in ("pairs_correct_rate_all", "pairs_correct_rate_kept",
-                                                     "filter_precision", "filter_recall")],
-            [[None, f"oracle.{k}"] for k in ("pairs_correct_rate_all", "pairs_correct_rate_kept",
-                                             "filter_precision", "filter_recall")])
+            ["", "value"], [[k, oracle[k]] for k in keys], [[None, f"oracle.{k}"] for k in keys])
             + _table(["edit kind", "labelled", "selected", "correct (all)", "correct (kept)", "recall"],
                      [[k, v["labelled"], v["selected"], v["pairs_correct_rate_all"], v["pairs_correct_rate_kept"],
                        v["filter_recall"]] for k, v in kinds.items()]))
         extras = [[k, oracle[k]] for k in ("t2i_caption_match_rate", "clip_top1") if oracle.get(k) is not None]
         if oracle.get("p2p_modes"):
             extras += [[f"pairs correct, P2P mode {m}", r] for m, r in oracle["p2p_modes"].items()]
+            extras += [[f"pairs correct with un-named facts kept, P2P mode {m}", r]
+                       for m, r in (oracle.get("p2p_modes_full") or {}).items()]
         if extras:
             oracle_html += ("<h3>Does each stage add value? (same triples and seeds)</h3>"
                             + _table(["", "value"], extras))

@@ -2,7 +2,8 @@
 
 When the triples are shapes-world grammar triples, the exact oracle
 (datagen.shapes.oracle.judge_pair) says whether each candidate pair shows its captions and
-the instructed change. The filter stage judges every scored candidate while its images are
+the instructed change, and (the ``_full`` labels and keys) whether what the captions leave
+unsaid (each untouched object's height and offset) stayed as the before image had it. The filter stage judges every scored candidate while its images are
 in memory, so the labels cover all candidates (not only those whose images are kept) and
 precision/recall of the filter are unbiased.
 """
@@ -52,11 +53,15 @@ class ShapesOracle:
             log.warning("oracle could not judge %s: %s: %s", c.candidate_id, type(e).__name__, e)
             return None
         return {"candidate_id": c.candidate_id, "input_ok": bool(j.input_ok), "output_ok": bool(j.output_ok),
-                "edit_ok": bool(j.edit_ok), "preserved": bool(j.preserved), "correct": bool(j.correct)}
+                "edit_ok": bool(j.edit_ok), "preserved": bool(j.preserved), "correct": bool(j.correct),
+                "preserved_full": bool(j.preserved_full), "correct_full": bool(j.correct_full)}
 
 
 def _rate(num: int, den: int) -> float | None:
     return round(num / den, 6) if den else None
+
+
+LABEL_RATES = ("pairs_correct_rate_all", "pairs_correct_rate_kept", "filter_precision", "filter_recall")
 
 
 def label_metrics(correct: np.ndarray, selected: np.ndarray) -> dict[str, Any]:
@@ -73,6 +78,16 @@ def label_metrics(correct: np.ndarray, selected: np.ndarray) -> dict[str, Any]:
     }
 
 
+def _metrics(joined: pd.DataFrame) -> dict[str, Any]:
+    """label_metrics against ``correct``, and its rates against ``correct_full`` as ``<rate>_full``
+    (runs judged before the un-named facts were have no ``correct_full``, so no ``_full`` keys)."""
+    out = label_metrics(joined["correct"].to_numpy(), joined["_selected"].to_numpy())
+    if "correct_full" in joined:
+        full = label_metrics(joined["correct_full"].to_numpy(), joined["_selected"].to_numpy())
+        out.update({f"{k}_full": full[k] for k in LABEL_RATES})
+    return out
+
+
 def oracle_summary(scores: pd.DataFrame, oracle: pd.DataFrame, selected: np.ndarray) -> dict[str, Any]:
     """The oracle.json figures: over all judged candidates, the kept ones, and per edit kind.
 
@@ -80,13 +95,11 @@ def oracle_summary(scores: pd.DataFrame, oracle: pd.DataFrame, selected: np.ndar
     judgement and are left out (their images never existed).
     """
     joined = scores.assign(_selected=selected).merge(oracle, on="candidate_id", how="inner")
-    out = label_metrics(joined["correct"].to_numpy(), joined["_selected"].to_numpy())
-    out["by_edit_kind"] = {
-        kind or "unknown": label_metrics(g["correct"].to_numpy(), g["_selected"].to_numpy())
-        for kind, g in joined.groupby("edit_kind", sort=True)
-    }
-    for part in ("input_ok", "output_ok", "edit_ok", "preserved"):
-        out[f"{part}_rate_all"] = _rate(int(joined[part].sum()), len(joined))
+    out = _metrics(joined)
+    out["by_edit_kind"] = {kind or "unknown": _metrics(g) for kind, g in joined.groupby("edit_kind", sort=True)}
+    for part in ("input_ok", "output_ok", "edit_ok", "preserved", "preserved_full"):
+        if part in joined:
+            out[f"{part}_rate_all"] = _rate(int(joined[part].sum()), len(joined))
     return out
 
 

@@ -31,7 +31,7 @@ SELECTION_INFO = "selection.json"
 _ARROW = {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_(),
           "int": pa.int64(), "float": pa.float64(), "str": pa.string(), "bool": pa.bool_()}
 SCORES_SCHEMA = pa.schema([(f.name, _ARROW[f.type]) for f in dataclasses.fields(ScoredCandidate)])
-ORACLE_FIELDS = ("input_ok", "output_ok", "edit_ok", "preserved", "correct")
+ORACLE_FIELDS = ("input_ok", "output_ok", "edit_ok", "preserved", "correct", "preserved_full", "correct_full")
 ORACLE_SCHEMA = pa.schema([("candidate_id", pa.string())] + [(f, pa.bool_()) for f in ORACLE_FIELDS])
 
 

@@ -39,7 +39,7 @@ def object_mask(scenes: list[world.Scene], size: int = 64) -> torch.Tensor:
     """1 where an object is drawn, 0 on the background: (N, 1, H, W)."""
     masks = []
     for s in scenes:
-        s = s.with_heights(random.Random(0)) if any(o.y is None for o in s.objects) else s
+        s = s if s.is_drawn() else s.with_unnamed(random.Random(0))
         bg = np.asarray(world.render(world.Scene(s.background, ()), size), dtype=np.int16)
         img = np.asarray(world.render(s, size), dtype=np.int16)
         masks.append((np.abs(img - bg).sum(-1) > 0).astype(np.float32))

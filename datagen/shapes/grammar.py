@@ -141,40 +141,80 @@ def referring_expressions(scene: Scene, target: ShapeObject) -> list[str]:
     return found
 
 
+# Training phrasings, one list per key.
 _TEMPLATES = {
     "recolour": ["make {ref} {value}", "turn {ref} {value}", "paint {ref} {value}",
-                 "change the color of {ref} to {value}", "color {ref} {value}"],
-    "reshape": ["turn {ref} into a {value}", "make {ref} a {value}", "change {ref} into a {value}",
-                "replace {ref} with a {colour} {value}"],
-    "resize_large": ["make {ref} bigger", "make {ref} larger", "enlarge {ref}", "make {ref} large"],
-    "resize_small": ["make {ref} smaller", "shrink {ref}", "make {ref} small", "make {ref} tiny"],
+                 "change the color of {ref} to {value}"],
+    "reshape": ["turn {ref} into a {value}", "make {ref} a {value}", "change {ref} into a {value}"],
+    "resize_large": ["make {ref} bigger", "make {ref} larger", "enlarge {ref}"],
+    "resize_small": ["make {ref} smaller", "shrink {ref}", "make {ref} small"],
     "background": ["make the background {value}", "change the background to {value}",
-                   "use a {value} background", "paint the background {value}"],
-    "add": ["add {obj} {where}", "put {obj} {where}", "place {obj} {where}", "draw {obj} {where}"],
-    "remove": ["remove {ref}", "delete {ref}", "take away {ref}", "get rid of {ref}"],
-    "move": ["move {ref} to the {value}", "move {ref} {where}", "put {ref} {where} instead",
-             "shift {ref} to the {value}"],
+                   "use a {value} background"],
+    "add": ["add {obj} {where}", "put {obj} {where}", "place {obj} {where}"],
+    "remove": ["remove {ref}", "delete {ref}", "take away {ref}"],
+    "move": ["move {ref} to the {value}", "move {ref} {where}", "put {ref} {where} instead"],
 }
+# Phrasings no training triple has, for evaluation: new templates and word orders. Those whose
+# words all occur in training texts (captions, referring expressions, training phrasings) are the
+# held-out wordings; those with a word no training text has ("get rid of") are reported apart
+# (``unseen_vocabulary``): a text encoder trained on these texts alone cannot know such a word.
+_HELD_OUT_TEMPLATES = {
+    "recolour": ["color {ref} {value}"],
+    "reshape": ["replace {ref} with a {colour} {value}", "change {ref} to a {value}"],
+    "resize_large": ["make {ref} large", "turn {ref} large"],
+    "resize_small": ["make {ref} tiny", "turn {ref} small"],
+    "background": ["paint the background {value}", "turn the background {value}"],
+    "add": ["draw {obj} {where}", "{where} add {obj}"],
+    "remove": ["get rid of {ref}", "take {ref} away"],
+    "move": ["shift {ref} to the {value}", "put {ref} to the {value}"],
+}
+WORDINGS = ("training", "held_out", "unseen_vocabulary")
 
 
-def templates(key: str, held_out: bool = False) -> list[str]:
-    """Training phrasings, or the one phrasing per kind reserved for evaluation (the last)."""
-    return _TEMPLATES[key][-1:] if held_out else _TEMPLATES[key][:-1]
+def _words(text: str) -> set[str]:
+    return set(re.sub(r"\{\w+\}", " ", text).replace(",", " ").split())
 
 
-def instruction(scene: Scene, edit: Edit, rng: random.Random, held_out: bool = False) -> str:
-    """Phrase ``edit``; ``held_out=True`` uses only phrasings that training data never contains."""
+def training_vocabulary() -> set[str]:
+    """Every word a training text can contain: captions, referring expressions, training phrasings."""
+    words = set(SIZES) | set(OBJECT_COLOURS) | set(SHAPES) | set(BACKGROUNDS) | {"a", "an", "and", "the", "background"}
+    words |= {w for phrase in _SLOT_PHRASE.values() for w in phrase.split()}
+    return words | {w for ts in _TEMPLATES.values() for t in ts for w in _words(t)}
+
+
+def templates(key: str, held_out: bool | str = False) -> list[str]:
+    """The phrasings of one wording (WORDINGS) for ``key``; ``held_out=True`` means "held_out".
+
+    "held_out": evaluation-only phrasings built from training words; "unseen_vocabulary": those with
+    a word no training text has (possibly none for a key)."""
+    wording = "held_out" if held_out is True else "training" if held_out is False else held_out
+    if wording == "training":
+        return list(_TEMPLATES[key])
+    if wording not in WORDINGS:
+        raise ValueError(f"unknown wording {wording!r}; known: {WORDINGS}")
+    vocabulary = training_vocabulary()
+    return [t for t in _HELD_OUT_TEMPLATES[key] if (_words(t) <= vocabulary) == (wording == "held_out")]
+
+
+def instruction_key(edit: Edit) -> str:
+    return f"resize_{edit.value}" if edit.kind == "resize" else edit.kind
+
+
+def instruction(scene: Scene, edit: Edit, rng: random.Random, held_out: bool | str = False) -> str:
+    """Phrase ``edit`` in one wording (``templates``); ``held_out=True`` uses only phrasings that
+    training data never contains, built from words it does contain."""
+    phrasings = templates(instruction_key(edit), held_out)
+    if not phrasings:
+        raise ValueError(f"no {held_out!r} phrasing for a {instruction_key(edit)} edit")
     if edit.kind == "background":
-        return rng.choice(templates("background", held_out)).format(value=edit.value)
+        return rng.choice(phrasings).format(value=edit.value)
     if edit.kind == "add":
         obj = edit.new_object
-        return rng.choice(templates("add", held_out)).format(obj=object_phrase(obj, with_slot=False),
-                                                             where=_SLOT_PHRASE[obj.slot])
+        return rng.choice(phrasings).format(obj=object_phrase(obj, with_slot=False), where=_SLOT_PHRASE[obj.slot])
     target = scene.object_at(edit.slot)
     ref = rng.choice(referring_expressions(scene, target))
-    key = f"resize_{edit.value}" if edit.kind == "resize" else edit.kind
     where = _SLOT_PHRASE.get(edit.value or "", "")
-    return rng.choice(templates(key, held_out)).format(ref=ref, value=edit.value, colour=target.colour, where=where)
+    return rng.choice(phrasings).format(ref=ref, value=edit.value, colour=target.colour, where=where)
 
 
 @dataclass(frozen=True)

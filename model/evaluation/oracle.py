@@ -3,11 +3,15 @@
 ``evaluate_oracle``: held-out RENDERED shapes-world scenes (negative seeds, never training
 data), one held-out triple each, edited by the editor, by SDEdit and by nothing (identity);
 the oracle judges whether the instructed change is visible (edit accuracy) and whether
-everything else stayed (preservation), per edit kind -> ``oracle_edit.json``. The held-out
-instructions use phrasings no training triple has ("get rid of the circle"); the same edits
-phrased as training data phrases them are judged too (``seen_phrasing_*``), which separates
-following a new wording from making the edit: a tiny text encoder trained on shapes-world
-captions alone has no way to know that "get rid of" means "remove".
+everything else stayed (preservation), per edit kind -> ``oracle_edit.json``; the ``_full`` keys
+count everything else as kept only when each untouched object's un-named facts (height, offset
+within its slot: what the captions never say) stayed within the oracle's tolerance too. The held-out
+instructions use phrasings no training triple has, built from words training texts contain
+("take the circle away"); the same edits phrased as training data phrases them are judged too
+(``seen_phrasing_*``), which separates following a new wording from making the edit. Edits with a
+wording that has a word no training text has ("get rid of the circle") are judged apart, on the
+scenes whose edit kind has one (``unseen_vocabulary_*``): a tiny text encoder trained on
+shapes-world texts alone has no way to know that "get rid of" means "remove".
 
 ``evaluate_oracle_pairs``: the same judgement of a shapes dataset's own pairs.
 """
@@ -29,7 +33,7 @@ from model.editor.loading import load_editor, resolve_device
 from model.editor.sampling import EditSettings, edit_batch
 from model.training.data import DataError, load_examples
 
-from .results import METHOD_PREFIX, ORACLE_FILE, ORACLE_RATES, PAIRS_ORACLE_FILE
+from .results import METHOD_PREFIX, ORACLE_FILE, ORACLE_RATES, ORACLE_RATES_FULL, PAIRS_ORACLE_FILE
 from .sdedit import load_sdedit, sdedit_batch
 
 log = logging.getLogger(__name__)
@@ -56,18 +60,30 @@ def seen_phrasings(triples, seed: int = 0) -> list[str]:
     return [grammar.instruction(t.input_scene, t.edit, rng, held_out=False) for t in triples]
 
 
-def _rates(judgements: list, idx: list[int]) -> tuple[float, float]:
+def unseen_vocabulary_phrasings(triples, seed: int = 0) -> dict[int, str]:
+    """{scene index: the same edit phrased with a word no training text has}, for the scenes whose
+    edit has such a phrasing (recolours, say, have none)."""
+    rng = random.Random(seed_from(seed, "unseen_vocabulary"))
+    return {i: grammar.instruction(t.input_scene, t.edit, rng, held_out="unseen_vocabulary")
+            for i, t in enumerate(triples) if grammar.templates(grammar.instruction_key(t.edit), "unseen_vocabulary")}
+
+
+def _rates(judgements: list, idx: list[int]) -> tuple[float, float, float]:
+    """Edit made, rest kept, rest kept with its un-named facts: each a share of the scenes ``idx``."""
     if not idx:
-        return 0.0, 0.0
+        return 0.0, 0.0, 0.0
     return (sum(judgements[i].edit_ok for i in idx) / len(idx),
-            sum(judgements[i].preserved for i in idx) / len(idx))
+            sum(judgements[i].preserved for i in idx) / len(idx),
+            sum(judgements[i].preserved_full for i in idx) / len(idx))
 
 
 def scene_verdicts(judgements: list) -> dict[str, str]:
-    """Each scene's verdicts, one character a scene ("1" yes, "0" no): the edit made, the rest kept.
-    Two evals of the same scenes can then be compared scene by scene (``compare_oracle``)."""
+    """Each scene's verdicts, one character a scene ("1" yes, "0" no): the edit made, the rest kept,
+    the rest kept with its un-named facts. Two evals of the same scenes can then be compared scene
+    by scene (``compare_oracle``)."""
     return {"edit": "".join("1" if j.edit_ok else "0" for j in judgements),
-            "kept": "".join("1" if j.preserved else "0" for j in judgements)}
+            "kept": "".join("1" if j.preserved else "0" for j in judgements),
+            "kept_full": "".join("1" if j.preserved_full else "0" for j in judgements)}
 
 
 def oracle_summary(kinds: list[str], judged: dict[str, list]) -> dict:
@@ -80,12 +96,14 @@ def oracle_summary(kinds: list[str], judged: dict[str, list]) -> dict:
     by_kind: dict = {k: {"n": len(ix)} for k, ix in sorted(by_kind_idx.items())}
     for method, judgements in judged.items():
         p = METHOD_PREFIX[method]
-        acc, pres = _rates(judgements, list(range(len(kinds))))
-        result[f"{p}edit_accuracy"], result[f"{p}preservation"] = acc, pres
+        acc, pres, pres_full = _rates(judgements, list(range(len(kinds))))
+        result[f"{p}edit_accuracy"], result[f"{p}preservation"], result[f"{p}preservation_full"] = acc, pres, pres_full
         result[f"{p}edit_correct"] = sum(j.edit_ok and j.preserved for j in judgements) / max(1, len(kinds))
+        result[f"{p}edit_correct_full"] = sum(j.edit_ok and j.preserved_full for j in judgements) / max(1, len(kinds))
         for k, ix in by_kind_idx.items():
-            acc, pres = _rates(judgements, ix)
+            acc, pres, pres_full = _rates(judgements, ix)
             by_kind[k][f"{p}edit_accuracy"], by_kind[k][f"{p}preservation"] = acc, pres
+            by_kind[k][f"{p}preservation_full"] = pres_full
     result["by_edit_kind"] = by_kind
     result["by_scene"] = {method: scene_verdicts(judgements) for method, judgements in judged.items()}
     return result
@@ -125,6 +143,13 @@ def evaluate_oracle(editor_model: str, cfg: EvalConfig, out: str | Path, base_mo
     if cfg.oracle_seen_phrasing:  # the headline setting again, the edits worded as in training
         judged["seen_phrasing"] = judge(edit_batch(editor, inputs, seen_phrasings(triples, cfg.seed), cfg.steps,
                                                    *headline, cfg.seed, cfg.batch_size, seeds, cfg.scheduler))
+    unseen = unseen_vocabulary_phrasings(triples, cfg.seed) if cfg.oracle_unseen_vocabulary else {}
+    if unseen:   # the headline setting on those scenes alone
+        idx = sorted(unseen)
+        unseen_judged = [oracle.judge_pair(inputs[i], after, triples[i].input_caption, triples[i].output_caption)
+                         for i, after in zip(idx, edit_batch(editor, [inputs[i] for i in idx], [unseen[i] for i in idx],
+                                                             cfg.steps, *headline, cfg.seed, cfg.batch_size,
+                                                             [seeds[i] for i in idx], cfg.scheduler))]
     del editor
     sdedit_sweep = []
     if base_model:
@@ -138,8 +163,13 @@ def evaluate_oracle(editor_model: str, cfg: EvalConfig, out: str | Path, base_mo
             if cfg.oracle_sdedit_strength_sweep:
                 point = oracle_summary(kinds, {"sdedit": judged_at})
                 sdedit_sweep.append({"sdedit_strength": strength,
-                                     **{k: point["sdedit_" + k] for k in ORACLE_RATES}})
+                                     **{k: point["sdedit_" + k] for k in ORACLE_RATES + ORACLE_RATES_FULL}})
     result = oracle_summary(kinds, judged)
+    if unseen:
+        apart = oracle_summary([kinds[i] for i in idx], {"unseen_vocabulary": unseen_judged})
+        result.update({k: v for k, v in apart.items() if k.startswith("unseen_vocabulary_")})
+        result["unseen_vocabulary_num_scenes"] = len(idx)
+        result["by_scene"]["unseen_vocabulary"] = {"scenes": idx, **apart["by_scene"]["unseen_vocabulary"]}
     result.update({
         "editor": editor_model, "base_model": base_model, "image_size": image_size, "steps": cfg.steps,
         "scheduler": cfg.scheduler,
@@ -180,7 +210,7 @@ def _edit_and_judge(editor, inputs, instructions, seeds, kinds, judge, cfg: Eval
         judged_at = edited_judged if (s_text, s_img) == headline else judge(edit_batch(
             editor, inputs, instructions, cfg.steps, s_text, s_img, cfg.seed, cfg.batch_size, seeds, cfg.scheduler))
         point = oracle_summary(kinds, {"editor": judged_at})
-        rates = {k: point[k] for k in ORACLE_RATES}
+        rates = {k: point[k] for k in ORACLE_RATES + ORACLE_RATES_FULL}
         sweep.append({"text_guidance_scale": s_text, "image_guidance_scale": s_img, **rates,
                       "by_scene": point["by_scene"]})
         log.info("oracle s_T=%.2f s_I=%.2f: %s", s_text, s_img, rates)   # the rates, not 2 x 210 verdicts

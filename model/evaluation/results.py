@@ -11,9 +11,12 @@ from typing import Sequence
 ORACLE_FILE = "oracle_edit.json"
 PAIRS_ORACLE_FILE = "oracle_pairs.json"
 ORACLE_RATES = ("edit_accuracy", "preservation", "edit_correct")   # edit made, rest kept, both
+# The rest kept with what captions leave unsaid (untouched objects' heights, offsets) kept too, and
+# the edit made with that: the keys that show what a caption-regenerating baseline loses.
+ORACLE_RATES_FULL = ("preservation_full", "edit_correct_full")
 # Where each method's rates sit in oracle_edit.json: "sdedit_edit_accuracy", ...
 METHOD_PREFIX = {"editor": "", "sdedit": "sdedit_", "identity": "identity_", "seen_phrasing": "seen_phrasing_",
-                 "dataset": "dataset_"}
+                 "unseen_vocabulary": "unseen_vocabulary_", "dataset": "dataset_"}
 
 
 class NotAnOracleEval(ValueError):

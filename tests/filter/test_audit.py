@@ -96,6 +96,14 @@ def test_oracle_json_has_the_agreed_keys_and_keeps_keys_written_by_others(audite
     assert data["filter_precision"] == pytest.approx(kept.mean(), abs=1e-6)
     assert cells(html)["oracle.filter_recall"] == fmt(data["filter_recall"])
     assert set(data["by_edit_kind"]) == set(df.loc[df["status"] == "ok", "edit_kind"])
+    # The same four against the pairs whose un-named facts were kept too.
+    full = read_oracle(store).set_index("candidate_id")["correct_full"]
+    assert data["pairs_correct_rate_all_full"] == pytest.approx(full.mean(), abs=1e-6)
+    assert data["pairs_correct_rate_kept_full"] == data["filter_precision_full"]
+    kept_full = full[read_selection(store)["candidate_id"]]
+    assert data["filter_precision_full"] == pytest.approx(kept_full.mean(), abs=1e-6)
+    assert data["filter_recall_full"] == pytest.approx(kept_full.sum() / full.sum(), abs=1e-6)
+    assert (full <= judged).all()   # keeping the un-named facts is a further demand
     write_oracle_json(store.root, {"p2p_modes": {"self": 0.5}, "clip_top1": 0.9})
     audit_run(store.root)   # a later audit must not drop them
     data = json.loads(path.read_text())

@@ -70,3 +70,28 @@ def test_held_out_phrasings_never_appear_in_training_triples(kind):
         held = grammar.sample_triple(rng, kind=kind, held_out=True).instruction
         assert _matches_any(train, train_templates) and not _matches_any(train, held_templates)
         assert _matches_any(held, held_templates)
+
+
+def test_held_out_wordings_use_only_words_that_training_texts_contain():
+    vocabulary = grammar.training_vocabulary()
+    rng = random.Random(8)
+    for _ in range(300):
+        t = grammar.sample_triple(rng, held_out=True)
+        for text in (t.instruction, t.input_caption, t.output_caption):
+            assert set(text.replace(",", " ").split()) <= vocabulary, text
+    # and every edit kind has one
+    assert all(grammar.templates(k, held_out=True) for k in grammar._TEMPLATES)
+
+
+def test_unseen_vocabulary_wordings_each_have_a_word_no_training_text_has():
+    vocabulary = grammar.training_vocabulary()
+    unseen = [t for k in grammar._TEMPLATES for t in grammar.templates(k, "unseen_vocabulary")]
+    assert len(unseen) >= 4
+    for template in unseen:
+        assert grammar._words(template) - vocabulary, template
+    scene = Scene("white", (ShapeObject("circle", "red", "small", "left"), ShapeObject("square", "blue", "small", "right")))
+    text = grammar.instruction(scene, grammar.Edit("remove", slot="left"), random.Random(0), held_out="unseen_vocabulary")
+    assert text.startswith("get rid of the"), text
+    with pytest.raises(ValueError, match="no 'unseen_vocabulary' phrasing"):
+        grammar.instruction(scene, grammar.Edit("recolour", slot="left", value="green"), random.Random(0),
+                            held_out="unseen_vocabulary")

@@ -82,3 +82,30 @@ def test_unet_training_over_the_published_vae_ships_no_machine_paths(weights, tm
     for config in configs:
         assert "_name_or_path" not in json.loads(config.read_text()), config
     assert json.loads((weights / "t2i" / "train_state.json").read_text())["step"] == 2
+    # Every trainer logs into the weights folder it publishes to (a regression: the VAE's log once
+    # went to the real shipped folder whatever the tests pointed it at).
+    assert all((weights / f"{name}.log.jsonl").exists() for name in ("clip", "vae", "t2i"))
+
+
+def test_a_candidate_leaves_the_shipped_weights_alone_and_a_fresh_machine_resumes_from_it(weights, tmp_path, caplog):
+    import logging
+
+    train.train_clip(steps=2, batch_size=8, work=tmp_path / "clip-run", eval_every=100, preset="test")
+    shipped = load_file(weights / "clip" / "open_clip_model.safetensors")
+    shipped_log = (weights / "clip.log.jsonl").read_text()
+    candidate = tmp_path / "candidate"
+    train.train_clip(steps=4, batch_size=8, work=tmp_path / "fine-tune", eval_every=100, preset="test",
+                     out=candidate, image_only=True)
+    assert all(torch.equal(v, load_file(weights / "clip" / "open_clip_model.safetensors")[k]) for k, v in shipped.items())
+    assert (weights / "clip.log.jsonl").read_text() == shipped_log
+    tuned = load_file(candidate / "open_clip_model.safetensors")
+    # The image tower alone moved: the text tower, the T2I's frozen text encoder, is exactly as shipped.
+    assert all(torch.equal(v, tuned[k]) for k, v in shipped.items() if not k.startswith("visual."))
+    assert any(not torch.equal(v, tuned[k]) for k, v in shipped.items() if k.startswith("visual."))
+    assert json.loads((candidate / "train_state.json").read_text())["step"] == 4
+    assert (candidate / "clip.log.jsonl").exists()
+    with caplog.at_level(logging.INFO, logger="shapes_lab.train"):   # runs/ gone: a fresh work folder
+        train.train_clip(steps=5, batch_size=8, work=tmp_path / "next-session", eval_every=100, preset="test",
+                         out=candidate, image_only=True)
+    assert f"resumed from the fp16 weights in {candidate} at step 4" in caplog.text
+    assert json.loads((candidate / "train_state.json").read_text())["step"] == 5

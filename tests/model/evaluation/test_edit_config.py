@@ -119,7 +119,7 @@ def test_eval_headline_and_served_defaults_follow_the_editors_own_guidance(own_e
     (own_editor_dir / EDIT_CONFIG_FILE).write_text(json.dumps({"text_guidance": 5.0, "image_guidance": 3.0}))
     cfg = load_config("shapes", ["train.eval.oracle_num_scenes=2", "train.eval.steps=1",
                                  "train.eval.oracle_image_guidance_sweep=[]",
-                                 "train.eval.oracle_seen_phrasing=false"]).train.eval
+                                 "train.eval.oracle_seen_phrasing=false", "train.eval.oracle_unseen_vocabulary=false"]).train.eval
     result = oracle.evaluate_oracle(str(own_editor_dir), cfg, tmp_path / "own", base_model=None)
     assert scales_of(editor_passes) == [(5.0, 3.0)] and result["guidance_from"] == "edit_config.json"
     assert (result["text_guidance_scale"], result["image_guidance_scale"]) == (5.0, 3.0)

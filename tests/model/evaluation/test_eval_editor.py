@@ -51,6 +51,10 @@ def test_oracle_eval_judges_editor_sdedit_and_identity_per_edit_kind(tmp_path, t
     for key in ("edit_accuracy", "preservation", "sdedit_edit_accuracy", "sdedit_preservation",
                 "identity_edit_accuracy", "identity_preservation"):
         assert 0.0 <= saved[key] <= 1.0
+    for p in ("", "sdedit_", "identity_"):   # un-named facts kept too: never more than without them
+        assert saved[p + "preservation_full"] <= saved[p + "preservation"]
+        assert saved[p + "edit_correct_full"] <= saved[p + "edit_correct"]
+    assert saved["identity_preservation_full"] == 1.0
     assert set(saved["by_edit_kind"]) == set(EDIT_KINDS)
     assert all(v["n"] == 1 for v in saved["by_edit_kind"].values())
     # Doing nothing keeps everything and makes no edit: the oracle sees exactly that on renders.
@@ -66,7 +70,7 @@ def test_oracle_eval_sweeps_image_and_text_guidance_beside_the_headline_setting(
                                  "train.eval.oracle_text_guidance=7.5", "train.eval.oracle_image_guidance=1.5",
                                  "train.eval.oracle_image_guidance_sweep=[1.5,3.0]",
                                  "train.eval.oracle_text_guidance_sweep=[]",
-                                 "train.eval.oracle_seen_phrasing=false"]).train.eval
+                                 "train.eval.oracle_seen_phrasing=false", "train.eval.oracle_unseen_vocabulary=false"]).train.eval
     result = oracle.evaluate_oracle(str(tiny_editor_dir), cfg, tmp_path, base_model=None)
     # The headline setting is edited once and reused; each other scale is one more editor pass.
     assert scales_of(editor_passes) == [(7.5, 1.5), (7.5, 3.0)]
@@ -102,7 +106,7 @@ def test_oracle_eval_samples_editor_and_sdedit_with_the_configured_scheduler(tmp
     monkeypatch.setattr(sampling, "make_scheduler", recording("editor"))
     monkeypatch.setattr(sdedit, "make_scheduler", recording("sdedit"))
     cfg = load_config("shapes", ["train.eval.oracle_num_scenes=2", "train.eval.steps=2",
-                                 "train.eval.oracle_image_guidance_sweep=[]", "train.eval.oracle_seen_phrasing=false",
+                                 "train.eval.oracle_image_guidance_sweep=[]", "train.eval.oracle_seen_phrasing=false", "train.eval.oracle_unseen_vocabulary=false",
                                  "train.eval.scheduler=DDIMScheduler"]).train.eval
     result = oracle.evaluate_oracle(str(tiny_editor_dir), cfg, tmp_path, base_model=str(tiny_sd_dir))
     assert set(made) == {("editor", "DDIMScheduler"), ("sdedit", "DDIMScheduler")}
@@ -123,7 +127,7 @@ def test_eval_compare_puts_oracle_evals_side_by_side(tmp_path, tiny_editor_dir, 
     swept = load_config("shapes", common + ["train.eval.oracle_image_guidance_sweep=[1.5,3.0]"]).train.eval
     a = oracle.evaluate_oracle(str(tiny_editor_dir), swept, tmp_path / "a", base_model=str(tiny_sd_dir))
     plain = load_config("shapes", common + ["train.eval.oracle_image_guidance_sweep=[]",
-                                            "train.eval.oracle_seen_phrasing=false"]).train.eval
+                                            "train.eval.oracle_seen_phrasing=false", "train.eval.oracle_unseen_vocabulary=false"]).train.eval
     b = oracle.evaluate_oracle(str(tiny_editor_dir), plain, tmp_path / "b", base_model=None)
 
     table = results.compare_oracle([a, b])
@@ -165,7 +169,8 @@ def test_eval_compare_pairs_the_same_scenes_verdict_by_verdict(tmp_path, tiny_ed
         assert verdicts["kept"].count("1") / 9 == pytest.approx(point["preservation"])
         both = sum(e == k == "1" for e, k in zip(verdicts["edit"], verdicts["kept"]))
         assert both / 9 == pytest.approx(point["edit_correct"])
-    assert a["by_scene"]["identity"] == {"edit": "0" * 9, "kept": "1" * 9}
+        assert verdicts["kept_full"].count("1") / 9 == pytest.approx(point["preservation_full"])
+    assert a["by_scene"]["identity"] == {"edit": "0" * 9, "kept": "1" * 9, "kept_full": "1" * 9}
 
     # A second editor that gains four scenes at the headline ("both") and loses none.
     b = json.loads(json.dumps(a))
@@ -214,7 +219,7 @@ def test_oracle_eval_judges_the_same_edits_worded_as_in_training(tmp_path, tiny_
     cfg = load_config("shapes", ["train.eval.oracle_num_scenes=7", "train.eval.steps=2",
                                  "train.eval.oracle_image_guidance_sweep=[]"]).train.eval
     result = oracle.evaluate_oracle(str(tiny_editor_dir), cfg, tmp_path, base_model=None)
-    (held, *headline), (seen, *again) = editor_passes
+    (held, *headline), (seen, *again), (unseen_instructions, *apart) = editor_passes
     # The tiny editor has no edit_config.json: the paper's scales, said so.
     assert headline == again == [7.5, 1.5] == [result["text_guidance_scale"], result["image_guidance_scale"]]
     assert result["guidance_from"] == "paper"
@@ -223,9 +228,18 @@ def test_oracle_eval_judges_the_same_edits_worded_as_in_training(tmp_path, tiny_
     assert all(phrased_by(i, k, held_out=True) and not phrased_by(i, k, held_out=False) for i, k in zip(held, kinds))
     assert all(phrased_by(i, k, held_out=False) and not phrased_by(i, k, held_out=True) for i, k in zip(seen, kinds))
     assert seen == oracle.seen_phrasings(oracle.heldout_triples(7, cfg.seed), cfg.seed)
-    for key in ("seen_phrasing_edit_accuracy", "seen_phrasing_preservation", "seen_phrasing_edit_correct"):
+    for key in ("seen_phrasing_edit_accuracy", "seen_phrasing_preservation", "seen_phrasing_edit_correct",
+                "seen_phrasing_preservation_full", "seen_phrasing_edit_correct_full"):
         assert 0.0 <= result[key] <= 1.0
     assert all("seen_phrasing_edit_accuracy" in v for v in result["by_edit_kind"].values())
+    # Apart: the scenes whose edit has a wording with a word no training text has, so worded.
+    unseen = oracle.unseen_vocabulary_phrasings(oracle.heldout_triples(7, cfg.seed), cfg.seed)
+    assert result["unseen_vocabulary_num_scenes"] == len(unseen) >= 4
+    assert result["by_scene"]["unseen_vocabulary"]["scenes"] == sorted(unseen)
+    assert apart == headline and [unseen[i] for i in sorted(unseen)] == unseen_instructions
+    for key in ("unseen_vocabulary_edit_accuracy", "unseen_vocabulary_preservation", "unseen_vocabulary_edit_correct",
+                "unseen_vocabulary_edit_correct_full", "unseen_vocabulary_preservation_full"):
+        assert 0.0 <= result[key] <= 1.0
 
 
 def test_heldout_triples_are_balanced_and_never_from_training_seeds():
@@ -250,7 +264,7 @@ def test_oracle_eval_on_validation_scenes_with_an_sdedit_strength_sweep(tmp_path
     from datagen.config import load_config
 
     cfg = load_config("shapes", ["train.eval.oracle_num_scenes=3", "train.eval.steps=2",
-                                 "train.eval.oracle_scenes=validation", "train.eval.oracle_seen_phrasing=false",
+                                 "train.eval.oracle_scenes=validation", "train.eval.oracle_seen_phrasing=false", "train.eval.oracle_unseen_vocabulary=false",
                                  "train.eval.oracle_image_guidance_sweep=[1.5,3]",
                                  "train.eval.oracle_text_guidance_sweep=[]",
                                  "train.eval.oracle_sdedit_strength=0.6",
@@ -312,3 +326,19 @@ def test_oracle_eval_on_pairs_without_captions_names_the_problem(tmp_path, tiny_
     cfg = load_config("shapes", ["train.eval.steps=2"]).train.eval
     with pytest.raises(ValueError, match="input_caption and output_caption.*2 pairs"):
         oracle.evaluate_oracle_pairs(str(tiny_editor_dir), str(tmp_path / "data"), "test", cfg, tmp_path / "out")
+
+
+def test_oracle_summary_counts_unnamed_facts_apart_for_every_method():
+    from datagen.shapes.oracle import PairJudgement
+
+    def judged(edit, kept, kept_full):   # (input_ok, output_ok, edit_ok, preserved, correct, preserved_full, ...)
+        return PairJudgement(True, edit, edit, kept, edit, kept_full, edit and kept_full)
+
+    scenes = [judged(True, True, True), judged(True, True, False), judged(False, True, False), judged(True, False, False)]
+    summary = oracle.oracle_summary(["recolour", "recolour", "move", "move"],
+                                    {m: scenes for m in ("editor", "sdedit", "identity", "seen_phrasing")})
+    for p in ("", "sdedit_", "identity_", "seen_phrasing_"):
+        assert summary[p + "edit_correct"] == 0.5 and summary[p + "preservation"] == 0.75
+        assert summary[p + "edit_correct_full"] == 0.25 and summary[p + "preservation_full"] == 0.25
+    assert summary["by_edit_kind"]["recolour"]["sdedit_preservation_full"] == 0.5
+    assert summary["by_scene"]["editor"] == {"edit": "1101", "kept": "1110", "kept_full": "1000"}
