@@ -47,14 +47,8 @@ def build_random_editor(kind: str, out_dir: Path, dtype: torch.dtype) -> Path:
     )
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from datagen.shapes.models import (
-        T2I_PRESETS,
-        build_scheduler,
-        build_text_encoder,
-        build_tokenizer,
-        build_unet,
-        build_vae,
-    )
+    from datagen.shapes.models import (T2I_PRESETS, build_scheduler, build_text_encoder, build_tokenizer,
+                                       build_unet, build_vae)
 
     torch.manual_seed(0)
     if kind == "shapes":

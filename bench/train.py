@@ -29,14 +29,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from datagen.shapes.models import (  # noqa: E402
-    T2I_PRESETS,
-    build_scheduler,
-    build_text_encoder,
-    build_tokenizer,
-    build_unet,
-    build_vae,
-)
+from datagen.shapes.models import (T2I_PRESETS, build_scheduler, build_text_encoder, build_tokenizer,  # noqa: E402
+                                   build_unet, build_vae)
 from model.editor.loading import encode_text, tokenize  # noqa: E402
 from model.training import objective as editor  # noqa: E402
 

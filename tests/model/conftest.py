@@ -9,14 +9,8 @@ def build_tiny_editor_pipeline(seed: int = 0):
     import torch
     from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
 
-    from datagen.shapes.models import (
-        T2I_PRESETS,
-        build_scheduler,
-        build_text_encoder,
-        build_tokenizer,
-        build_unet,
-        build_vae,
-    )
+    from datagen.shapes.models import (T2I_PRESETS, build_scheduler, build_text_encoder, build_tokenizer,
+                                       build_unet, build_vae)
 
     p = T2I_PRESETS["test"]
     torch.manual_seed(seed)

@@ -17,14 +17,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 def _parts():
-    from datagen.shapes.models import (
-        T2I_PRESETS,
-        build_scheduler,
-        build_text_encoder,
-        build_tokenizer,
-        build_unet,
-        build_vae,
-    )
+    from datagen.shapes.models import (T2I_PRESETS, build_scheduler, build_text_encoder, build_tokenizer,
+                                       build_unet, build_vae)
     from model.editor import loading
     from model.training import objective as editor
 
