@@ -124,6 +124,7 @@ def run_shards(
     from tqdm import tqdm
 
     done = []
+    items_out = 0
     # A bar on a terminal (units, rate, ETA, items out); off a terminal the log line per shard says it.
     with tqdm(total=len(shards), desc=stage, unit="shard", disable=None, dynamic_ncols=True) as bar:
         for r in out.iter_rows():
@@ -132,8 +133,9 @@ def run_shards(
                 log.error("%s shard %d failed:\n%s", stage, row["failed_shard"], row["traceback"])
                 raise StageFailed(f"{stage} shard {row['failed_shard']} failed (not marked done): {row['error']}")
             done.append(ShardStats.from_row(row))
+            items_out += done[-1].count_out      # a running total: a paper stage has 112,500 shards
             bar.update(1)
-            bar.set_postfix_str(f"{sum(s.count_out for s in done):,} out")
+            bar.set_postfix_str(f"{items_out:,} out")
             if bar.disable:
                 log.info("%s: shard %d done in %.1f s (%d of %d)", stage, done[-1].shard, done[-1].seconds,
                          len(done), len(shards))
