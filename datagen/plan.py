@@ -22,7 +22,9 @@ CLIP_BENCH_MODEL = "ViT-L-14"
 UNET_FLOPS_PER_ROW_SD15_512 = 0.68e12   # 677.2 GFLOP
 # Measured by bench/scale.py (docs/benchmarks.md): the filter stage's parquet, per candidate row.
 SCORE_BYTES_PER_ROW = 42
-# Assumed, not measured here: bytes per pixel of one photographic RGB render.
+# Assumed, not measured here: seconds an OpenAI-compatible server takes per triple reply (a short
+# gpt-4o-mini-sized completion), and bytes per pixel of one photographic RGB render.
+LLM_SECONDS_PER_REPLY = 2.0
 BYTES_PER_PIXEL = {"png": 1.5, "jpg": 0.56}   # png ~12 bit/px; jpg at quality 100 ~4.5 bit/px
 
 
@@ -30,6 +32,7 @@ BYTES_PER_PIXEL = {"png": 1.5, "jpg": 0.56}   # png ~12 bit/px; jpg at quality 1
 class Plan:
     pipeline: str
     triples: int
+    captions_wall_hours: float | None   # Stage 1 runs before rendering starts: the GPUs wait this long
     candidates_per_triple: int
     candidates: int
     gpus: int
@@ -80,6 +83,13 @@ def plan(cfg: PipelineConfig, name: str, gpus: int | None = None) -> Plan:
                      "scaled with pixels")
     else:
         notes.append(f"render: no GPU throughput measured for model {r.model!r}: FLOPs and GPU-hours not projected")
+    c = cfg.captions
+    captions_wall = None
+    if c.backend == "openai":
+        in_flight = c.resources.actors * c.openai.concurrency
+        captions_wall = triples * LLM_SECONDS_PER_REPLY / in_flight / 3600
+        notes.append(f"captions: one request per triple, {LLM_SECONDS_PER_REPLY} s per reply (assumed), "
+                     f"{in_flight} in flight ({c.resources.actors} actors x concurrency {c.openai.concurrency})")
     clip_images = 2 * candidates   # captions are encoded once per triple: a rounding error beside the images
     filter_h = filter_wall = None
     if f.clip_model == CLIP_BENCH_MODEL:
@@ -99,10 +109,13 @@ def plan(cfg: PipelineConfig, name: str, gpus: int | None = None) -> Plan:
                  else "render images: none (render.store = 'kept': scored as rendered, stored only inside the keep bound)")
     notes.append("kept images: those inside the filter's keep bound, written once; how many is known only after "
                  "scoring, so the figure is the most it can be (all candidates)")
+    if store == "kept":
+        notes.append("filter: scored inside the render actors as they render (render.store = 'kept'): its "
+                     "GPU-hours add to the render stage's wall time")
     notes.append(f"scores: {SCORE_BYTES_PER_ROW} bytes per candidate row (bench/scale.py's tables)")
     notes.append(f"export: at most {f.max_pairs_per_triple} pairs per triple")
     return Plan(
-        pipeline=name, triples=triples, candidates_per_triple=r.num_candidates, candidates=candidates, gpus=gpus,
+        pipeline=name, triples=triples, captions_wall_hours=captions_wall, candidates_per_triple=r.num_candidates, candidates=candidates, gpus=gpus,
         unet_rows=rows, unet_flops=flops, render_gpu_hours=render_h, render_wall_hours=render_wall,
         units=-(-triples // cfg.captions.shard_size), render_unit_gpu_minutes=unit_minutes,
         filter_clip_images=clip_images, filter_gpu_hours=filter_h, filter_wall_hours=filter_wall,
@@ -130,6 +143,7 @@ def format_plan(p: Plan) -> str:
     lines = [
         f"pipeline {p.pipeline}: {p.triples:,} triples x {p.candidates_per_triple} candidates "
         f"= {p.candidates:,} candidates",
+        f"captions: wall {_hours(p.captions_wall_hours)} (LLM-bound, before rendering starts)",
         f"render:  {p.unet_rows:,} UNet forward passes (rows), {flops} FLOPs; "
         f"{_hours(p.render_gpu_hours, 'GPU-hours')}, wall {_hours(p.render_wall_hours)} on {p.gpus} GPU(s)",
         f"units:   {p.units:,} work units of {p.triples // max(p.units, 1):,} triple(s) each per stage; a render unit "

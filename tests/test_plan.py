@@ -62,3 +62,13 @@ def test_the_paper_recipe_works_in_units_of_a_few_gpu_minutes():
     assert p.units == 450_000 // load_config("paper").captions.shard_size
     assert 1 <= p.render_unit_gpu_minutes <= 30          # a lost actor costs minutes, not the 55 h of a 1,000-triple shard
     assert "GPU-minutes" in planning.format_plan(p)
+
+
+def test_images_are_planned_once_and_stage_1_is_a_short_wait_before_rendering():
+    kept = planning.plan(load_config("paper"), "paper")
+    every = planning.plan(load_config("paper", ["render.store=all"]), "paper")
+    assert kept.render_images_bytes == 0 and every.render_images_bytes == every.kept_images_bytes_max > 0
+    in_flight = 16 * 16                                         # the paper's captions actors x concurrency
+    assert kept.captions_wall_hours == pytest.approx(450_000 * planning.LLM_SECONDS_PER_REPLY / in_flight / 3600)
+    assert kept.captions_wall_hours < kept.render_wall_hours / 1000
+    assert planning.plan(load_config("shapes"), "shapes").captions_wall_hours is None   # the grammar: no LLM
