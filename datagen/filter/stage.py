@@ -51,9 +51,9 @@ def plan_shards(cfg: PipelineConfig, store: RunStore) -> list[int]:
     check_keep_bound(cfg)
     shards = store.done_shards(RENDER)
     for s in set(store.done_shards(STAGE)) & set(shards):
-        if store.stats_path(RENDER, s).stat().st_mtime > store.stats_path(STAGE, s).stat().st_mtime:
+        if store.modified(store.stats_name(RENDER, s)) > store.modified(store.stats_name(STAGE, s)):
             log.info("filter shard %d is older than render shard %d: redoing it", s, s)
-            store.stats_path(STAGE, s).unlink()
+            store.remove(store.stats_name(STAGE, s))
     if any(not store.is_done(STAGE, s) for s in shards):
         check_clip_source(cfg.filter.clip_model, cfg.filter.clip_pretrained)  # fail before Ray starts
     return shards
@@ -86,7 +86,7 @@ class Worker:
     def _render_count(self, shard: int) -> int:
         """How many candidates the render stage wrote (to count what an unreadable shard lost)."""
         try:
-            return int(json.loads(self.store.stats_path(RENDER, shard).read_text()).get("count_out", 0)) or 1
+            return int(json.loads(self.store.read_text(self.store.stats_name(RENDER, shard))).get("count_out", 0)) or 1
         except Exception:
             return 1
 
@@ -148,7 +148,7 @@ class Worker:
 
         def kept_samples() -> Iterator[dict[str, bytes]]:
             chunk, pending = [], set()
-            for key, sample in stream_samples(self.store.shard_path(RENDER, shard, "tar"), errors):
+            for key, sample in stream_samples(self.store, self.store.shard_name(RENDER, shard, "tar"), errors):
                 c = by_id.get(key)
                 if c is None or key in results or key in pending:
                     continue   # not a candidate of this shard, failed in render, or a duplicate
@@ -226,5 +226,5 @@ def write_run_oracle(cfg: PipelineConfig, store: RunStore) -> dict | None:
     scores = read_scores(store)
     selected = Selector(scores).select(Thresholds.from_config(cfg.filter), cfg.filter.max_pairs_per_triple)
     values = oracle_summary(scores, judged, selected)
-    write_oracle_json(store.root, values)
+    write_oracle_json(store.location, values)
     return {k: v for k, v in values.items() if k != "by_edit_kind"}

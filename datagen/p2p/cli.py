@@ -41,5 +41,5 @@ def render_one_command(args: argparse.Namespace) -> int:
     stored = store.read_tar(STAGE, shard).get(cand.candidate_id, {})
     same = all(stored.get(n) == data for n, data in rendered.images.items()) and (
         bool(stored) == bool(rendered.images))
-    print(f"{'identical to' if same else 'DIFFERENT from'} {store.shard_path(STAGE, shard, 'tar')}")
+    print(f"{'identical to' if same else 'DIFFERENT from'} {store.url(store.shard_name(STAGE, shard, 'tar'))}")
     return 0 if same else 1
