@@ -33,6 +33,11 @@ from .records import ShardStats
 LOCAL_PROTOCOLS = (None, "file", "local")
 
 
+class LocationError(FileNotFoundError):
+    """A run location no filesystem can open (an unknown protocol, or its package, e.g. gcsfs, not
+    installed). A FileNotFoundError, so every command reports it as it reports a missing run."""
+
+
 def is_local(location: str | Path) -> bool:
     """A local path (or file:// URL), as opposed to an object-store URI such as s3://bucket/run."""
     return fsspec.core.split_protocol(str(location))[0] in LOCAL_PROTOCOLS
@@ -57,8 +62,11 @@ class RunStore:
             location = fsspec.core.split_protocol(location)[1]      # file:///x -> /x
             self.fs = fsspec.filesystem("file")
         else:
-            # Done markers are written by other processes (Ray actors): never answer from a cached listing.
-            self.fs, _ = fsspec.core.url_to_fs(location, use_listings_cache=False)
+            try:
+                # Done markers are written by other processes (Ray actors): never answer from a cached listing.
+                self.fs, _ = fsspec.core.url_to_fs(location, use_listings_cache=False)
+            except (ImportError, ValueError) as e:
+                raise LocationError(f"{location}: cannot open this run location: {e}") from None
         self.location = location.rstrip("/") or location
 
     def __repr__(self) -> str:

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 
 from datagen.records import ShardStats
-from datagen.store import RunStore
+from datagen.store import LocationError, RunStore
 from editsynth_cli import main
 from tests.captions import processes
 
@@ -98,6 +98,13 @@ def test_a_write_that_fails_on_s3_leaves_no_object_and_no_marker(s3):
 def test_a_run_on_a_missing_bucket_fails_before_any_work_naming_the_bucket(s3):
     with pytest.raises(FileNotFoundError, match="no-such-bucket"):
         RunStore("s3://no-such-bucket/run").prepare()
+
+
+def test_a_location_no_filesystem_can_open_is_a_clear_error(capsys):
+    with pytest.raises(LocationError, match="nosuchfs://b/run: cannot open this run location: Protocol not known"):
+        RunStore("nosuchfs://b/run")
+    assert main(["status", "nosuchfs://b/run"]) == 2
+    assert "cannot open this run location" in capsys.readouterr().err
 
 
 def _generate(out: str) -> None:
