@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .store import RunStore
+
 # The project's pipelines.yaml, inside the package so that an installed wheel carries it
 # (datagen/pipelines.yaml is a link to the one at the top of the checkout: one file, one truth).
 DEFAULT_PIPELINES_FILE = Path(__file__).resolve().parent / "pipelines.yaml"
@@ -384,18 +386,17 @@ def load_config(
 RUN_CONFIG_FILE = "config.json"   # <run>/config.json: the exact config a run was generated with
 
 
-def save_run_config(cfg: PipelineConfig, run: str | Path) -> Path:
-    path = Path(run) / RUN_CONFIG_FILE
-    path.write_text(cfg.model_dump_json(indent=1))
-    return path
+def save_run_config(cfg: PipelineConfig, run: str | Path) -> str:
+    return RunStore(run).write_text(RUN_CONFIG_FILE, cfg.model_dump_json(indent=1))
 
 
 def load_run_config(run: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
     """The config a run was generated with (``<run>/config.json``), with ``--set`` overrides."""
-    path = Path(run) / RUN_CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {run} a run folder made by `editsynth generate`?")
-    data = json.loads(path.read_text())
+    store = RunStore(run)
+    if not store.exists(RUN_CONFIG_FILE):
+        raise FileNotFoundError(f"{store.url(RUN_CONFIG_FILE)} not found: is {run} a run folder made by "
+                                "`editsynth generate`?")
+    data = json.loads(store.read_text(RUN_CONFIG_FILE))
     for assignment in overrides:
         apply_override(data, assignment)
     try:

@@ -96,7 +96,7 @@ def run_stage(stage: str, cfg: PipelineConfig, out: str | Path, overwrite: bool 
 
 
 def run_pipeline(cfg: PipelineConfig, out: str | Path, stages: list[str], overwrite: bool = False) -> dict:
-    Path(out).mkdir(parents=True, exist_ok=True)
+    RunStore(out).prepare()
     save_run_config(cfg, out)
     summaries = {}
     for stage in stages:

@@ -80,7 +80,7 @@ def _stored_samples(store: RunStore):
     """(shard, key, sample, candidate row) of every stored candidate: the render tar's, or where the
     render stage scored inline (render.store=kept), the filter tar's (the candidates inside the keep bound)."""
     for shard in store.done_shards("render"):
-        if store.shard_path("render", shard, "tar").exists():
+        if store.exists(store.shard_name("render", shard, "tar")):
             for key, sample in store.read_tar("render", shard).items():
                 yield shard, key, sample, json.loads(sample["json"])
         elif store.is_done("filter", shard):

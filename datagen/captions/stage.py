@@ -38,11 +38,12 @@ DUPLICATES_FILE = "duplicates.npy"   # one bit per source caption: it repeats an
 def load_duplicates(store: RunStore, source: CaptionSource, count: int, slice_size: int = 100_000):
     """The run's duplicate flags of its ``count`` source captions (``captions/duplicates.npy``),
     found in one streaming pass over the source the first time and kept in the run."""
-    path = store.stage_dir(STAGE) / DUPLICATES_FILE
-    if path.exists():
-        return np.unpackbits(np.load(path))[:count].astype(bool)
+    name = f"{STAGE}/{DUPLICATES_FILE}"
+    if store.exists(name):
+        with store.open(name) as f:
+            return np.unpackbits(np.load(f))[:count].astype(bool)
     flags = duplicate_flags(source.captions(s, min(s + slice_size, count)) for s in range(0, count, slice_size))
-    with store.atomic_path(path) as tmp:
+    with store.writing(name) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, np.packbits(flags))
     return flags

@@ -22,14 +22,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from datagen.config import load_run_config
 from datagen.store import RunStore
 
 from .audit_rows import OFF, RowFigures, _r, sweep_values
 from .labels import DEFAULT_LABELS, load_labels
-from .oracle import oracle_summary, write_oracle_json
+from .oracle import ORACLE_FILE, oracle_summary, write_oracle_json
 from .score_query import connect, score_files
 from .selection import THRESHOLD_METRIC, Selector, Thresholds
 from .table import SELECTION_FILE, STAGE, read_oracle, read_scores, read_selection_info
@@ -48,8 +47,8 @@ def read_sample(store: RunStore, max_rows: int, seed: int = 0) -> pd.DataFrame:
     """Scores of whole filter shards drawn at random until about ``max_rows`` rows (all of them if
     fewer). A shard holds every candidate of its triples, so top-k on the sample is the run's."""
     shards = store.done_shards(STAGE)
-    sizes = {s: pq.ParquetFile(p).metadata.num_rows if (p := store.shard_path(STAGE, s, "parquet")).exists() else 0
-             for s in shards}
+    names = {s: store.shard_name(STAGE, s, "parquet") for s in shards}
+    sizes = {s: store.parquet_file(n).metadata.num_rows if store.exists(n) else 0 for s, n in names.items()}
     if sum(sizes.values()) <= max_rows:
         return read_scores(store)
     chosen, rows = [], 0
@@ -67,7 +66,7 @@ def with_labelled_triples(store: RunStore, sample: pd.DataFrame, candidate_ids) 
     missing = pa.table({"candidate_id": sorted(set(candidate_ids) - set(sample["candidate_id"]))})
     if not missing.num_rows:
         return sample
-    con = connect(score_files(store))
+    con = connect(score_files(store), store.filesystem)
     con.register("labelled", missing)
     extra = con.sql("SELECT * FROM scores WHERE triple_id IN (SELECT triple_id FROM scores WHERE candidate_id IN "
                     "(SELECT candidate_id FROM labelled))").to_arrow_table().to_pandas()
@@ -176,9 +175,8 @@ class Audit:
 def label_sources(store: RunStore, labels_path: str | Path | None) -> dict[str, pd.Series]:
     """Label Series by source name: the human labels file (if any) and the shapes oracle (if any)."""
     sources = {}
-    path = Path(labels_path) if labels_path else store.root / DEFAULT_LABELS
-    if labels_path or path.exists():
-        sources["human"] = load_labels(path)
+    if labels_path or store.exists(DEFAULT_LABELS):
+        sources["human"] = load_labels(labels_path or store.url(DEFAULT_LABELS))
     judged = read_oracle(store)
     if judged is not None:
         sources["oracle"] = judged.set_index("candidate_id")["correct"].astype(bool)
@@ -201,14 +199,15 @@ def audit_run(run: str | Path, labels_path: str | Path | None = None, target_pre
     if not store.done_shards(STAGE):
         from .table import RunError
 
-        raise RunError(f"{store.root}/filter has no done shards: run the filter stage first")
+        raise RunError(f"{store.url('filter')} has no done shards: run the filter stage first")
     cfg = load_run_config(run)
     t, k, overrides = _thresholds_in_effect(cfg, store)
     keep = Thresholds.keep_bound(cfg.filter)
-    sel = store.stage_dir(STAGE) / SELECTION_FILE    # the stored selection of these thresholds, if any
-    stored = (pq.read_table(sel, columns=["triple_id", "images_kept"])
-              if read_selection_info(store) and sel.exists() else None)
-    rows = RowFigures(score_files(store), t, k, selection=stored)   # over every row, never held whole
+    sel = f"{STAGE}/{SELECTION_FILE}"    # the stored selection of these thresholds, if any
+    stored = (store.read_arrow(sel, columns=["triple_id", "images_kept"])
+              if read_selection_info(store) and store.exists(sel) else None)
+    rows = RowFigures(score_files(store), t, k, filesystem=store.filesystem,
+                      selection=stored)   # over every row, never held whole
     scores = read_sample(store, max_rows, seed)    # what the report draws and shows per item
     sources = label_sources(store, labels_path)
     if "human" in sources and len(scores) < rows.totals["candidates"]:
@@ -225,7 +224,7 @@ def audit_run(run: str | Path, labels_path: str | Path | None = None, target_pre
             shard_errors.append({"shard": st.shard, "error": st.extra["shard_error"]})
     correct_for_breakdown = sources.get("oracle", sources.get("human"))
     numbers: dict[str, Any] = {
-        "run": str(store.root), "thresholds": t.as_dict(), "max_pairs_per_triple": k, "keep_bound": keep.as_dict(),
+        "run": store.location, "thresholds": t.as_dict(), "max_pairs_per_triple": k, "keep_bound": keep.as_dict(),
         "overrides": overrides, "clip_model": cfg.filter.clip_model,
         "rows_total": rows.totals["candidates"], "rows_used": int(len(scores)),
         "sampled": len(scores) < rows.totals["candidates"],
@@ -236,20 +235,15 @@ def audit_run(run: str | Path, labels_path: str | Path | None = None, target_pre
             "keyword": audit.breakdown(scores["instruction"].map(instruction_keyword), correct_for_breakdown)},
         "labels": {name: audit.against_labels(lab, target_precision) for name, lab in sources.items()},
     }
-    report = store.root / "report"
-    report.mkdir(parents=True, exist_ok=True)
     if oracle_labels is not None:
         judged = read_oracle(store)
         values = oracle_summary(scores, judged, audit.selected)
-        path = write_oracle_json(run, values)
+        write_oracle_json(store.location, values)
         # The merged file: it also holds what other tools measured (p2p_modes, model figures).
-        numbers["oracle"] = json.loads(path.read_text())
-        numbers["oracle_file"] = str(path)
-    with store.atomic_path(report / "audit.json") as tmp:
-        tmp.write_text(json.dumps(numbers, indent=1, sort_keys=True, default=str))
+        numbers["oracle"] = json.loads(store.read_text(f"report/{ORACLE_FILE}"))
+        numbers["oracle_file"] = store.url(f"report/{ORACLE_FILE}")
+    store.write_text("report/audit.json", json.dumps(numbers, indent=1, sort_keys=True, default=str))
     html = render_report(store, audit, numbers, sources, images_per_side)
-    with store.atomic_path(report / "audit.html") as tmp:
-        tmp.write_text(html, encoding="utf-8")
-    numbers["html"] = str(report / "audit.html")
-    log.info("audit of %s: %s", run, report / "audit.html")
+    numbers["html"] = store.write_text("report/audit.html", html)
+    log.info("audit of %s: %s", run, numbers["html"])
     return numbers

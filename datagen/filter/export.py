@@ -21,6 +21,7 @@ import json
 import logging
 import shutil
 import tarfile
+import tempfile
 from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
@@ -159,16 +160,11 @@ def _dataset_card(splits: dict[str, int], info: dict[str, Any]) -> str:
             "--edit_prompt_column edit_prompt --edited_image_column edited_image`.\n")
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-
-
-def _unit_paths(out: Path, shard: int) -> tuple[dict[str, Path], Path]:
-    """One export shard per filter shard: its pairs of each split, and its done marker (written last)."""
+def _unit_names(shard: int) -> tuple[dict[str, str], str]:
+    """One export shard per filter shard: its pairs of each split, and its done marker (written
+    last), named inside the export folder."""
     name = f"export-{shard:05d}"
-    return {s: out / UNITS / s / f"{name}.tar" for s in SPLITS}, out / UNITS / f"{name}.done.json"
+    return {s: f"{UNITS}/{s}/{name}.tar" for s in SPLITS}, f"{UNITS}/{name}.done.json"
 
 
 def plan_units(cfg: PipelineConfig, store: RunStore) -> dict[int, dict[str, tuple[int, str]]]:
@@ -177,7 +173,7 @@ def plan_units(cfg: PipelineConfig, store: RunStore) -> dict[int, dict[str, tupl
     Read from the selection alone (ids, rank, shard): at paper scale 1.8M rows, not the scores.
     """
     e = cfg.export
-    sel = pq.read_table(store.stage_dir(STAGE) / SELECTION_FILE, columns=["candidate_id", "triple_id", "rank", "shard"])
+    sel = store.read_arrow(f"{STAGE}/{SELECTION_FILE}", columns=["candidate_id", "triple_id", "rank", "shard"])
     triples = pc.unique(sel["triple_id"]).to_pylist()
     split = dict(zip(triples, (split_of(t, cfg.seed, e.val_fraction, e.test_fraction) for t in triples)))
     units: dict[int, dict[str, tuple[int, str]]] = {}
@@ -189,9 +185,9 @@ def plan_units(cfg: PipelineConfig, store: RunStore) -> dict[int, dict[str, tupl
 def unit_fingerprint(cfg: PipelineConfig, store: RunStore, shard: int, wanted: dict[str, tuple[int, str]]) -> str:
     """What an export shard is made from: its pairs, their splits and ranks, the image settings, and
     the filter shard's stats (rewritten whenever the filter shard is redone)."""
-    stats = store.stats_path(STAGE, shard)
+    stats = store.stats_name(STAGE, shard)
     parts = [sorted(wanted.items()), cfg.export.image_format, cfg.export.jpeg_quality,
-             stats.read_text() if stats.exists() else ""]
+             store.read_text(stats) if store.exists(stats) else ""]
     return stable_id(json.dumps(parts, sort_keys=True), length=32)
 
 
@@ -199,19 +195,19 @@ def export_unit(cfg: PipelineConfig, root: str, out: str, shard: int, wanted: di
                 fingerprint: str) -> dict[str, Any]:
     """Write the pairs of one filter shard, split by split, streaming its image tar once; marker last."""
     e = cfg.export
-    store = RunStore(root)
-    paths, marker = _unit_paths(Path(out), shard)
-    table = pq.read_table(store.shard_path(STAGE, shard, "parquet"), columns=list(_META_FIELDS))
+    store, out_store = RunStore(root), RunStore(out)
+    names, marker = _unit_names(shard)
+    table = store.read_arrow(store.shard_name(STAGE, shard, "parquet"), columns=list(_META_FIELDS))
     table = table.filter(pc.is_in(table["candidate_id"], pa.array(list(wanted))))
     rows = {r["candidate_id"]: r for r in table.to_pylist()}
     errors: list[str] = []
     counts: Counter = Counter()
     with ExitStack() as stack:
         tars = {}
-        for split, path in paths.items():
-            tmp = stack.enter_context(store.atomic_path(path))
+        for split, name in names.items():
+            tmp = stack.enter_context(out_store.writing(name))
             tars[split] = stack.enter_context(tarfile.open(tmp, "w"))
-        for cid, sample in stream_samples(store.shard_path(STAGE, shard, "tar"), errors):
+        for cid, sample in stream_samples(store, store.shard_name(STAGE, shard, "tar"), errors):
             pair = image_pair(sample) if cid in wanted and cid in rows else None
             if pair is None:
                 continue
@@ -231,8 +227,7 @@ def export_unit(cfg: PipelineConfig, root: str, out: str, shard: int, wanted: di
     done = {"shard": shard, "fingerprint": fingerprint, "pairs": {s: counts.get(s, 0) for s in SPLITS},
             "skipped": {("unreadable_filter_shard" if errors else "no_stored_images"): missing} if missing else {},
             "errors": errors}
-    with store.atomic_path(marker) as tmp:
-        tmp.write_text(json.dumps(done, indent=1, sort_keys=True))
+    out_store.write_json(marker, done)
     return done
 
 
@@ -258,38 +253,54 @@ def export_run(cfg: PipelineConfig, store: RunStore, out: str | Path | None = No
     final webdataset and HF files are then packed from the export shards, in shard order.
     """
     e = cfg.export
-    out = Path(out) if out else store.root / "export"
-    if not (store.stage_dir(STAGE) / SELECTION_FILE).exists():
+    out = RunStore(out if out else store.url("export"))
+    if not store.exists(f"{STAGE}/{SELECTION_FILE}"):
         read_selection(store)   # raises the error that says how to make one
     info = read_selection_info(store)
-    out.mkdir(parents=True, exist_ok=True)
+    out.prepare()
     units = plan_units(cfg, store)
     todo, reused = [], 0
     for shard, wanted in units.items():
         fingerprint = unit_fingerprint(cfg, store, shard, wanted)
-        _, marker = _unit_paths(out, shard)
-        if marker.exists() and json.loads(marker.read_text()).get("fingerprint") == fingerprint:
+        _, marker = _unit_names(shard)
+        if out.exists(marker) and json.loads(out.read_text(marker)).get("fingerprint") == fingerprint:
             reused += 1
         else:
-            marker.unlink(missing_ok=True)
-            todo.append((str(store.root), str(out), shard, wanted, fingerprint))
+            out.remove(marker)
+            todo.append((store.location, out.location, shard, wanted, fingerprint))
     log.info("export: %d export shard(s), %d done before, %d to write", len(units), reused, len(todo))
     _run_units(cfg, todo)
     _remove_stale_units(out, set(units))
+    with tempfile.TemporaryDirectory(prefix="editsynth-export-") as staging:
+        # The packed datasets are written locally, then put in place: beside the export folder
+        # on a local run (a rename), in a temp folder for an object store (uploaded).
+        manifest = _pack(cfg, out, units, info, Path(out.location) if out.local else Path(staging))
+    manifest["export_shards"] = {"total": len(units), "reused": reused, "written": len(todo)}
+    out.write_json("manifest.json", manifest)
+    if manifest["skipped"]:
+        log.warning("export skipped %s", manifest["skipped"])
+    log.info("exported %d pairs to %s: %s (export shards: %d written, %d reused)", manifest["pairs"],
+             out.location, manifest["splits"], len(todo), reused)
+    return manifest
 
-    tmp = {fmt: out / f".{fmt}.tmp" for fmt in e.formats}
+
+def _pack(cfg: PipelineConfig, out: RunStore, units: dict, info: dict[str, Any], staging: Path) -> dict[str, Any]:
+    """Pack the export shards, in shard order, into the configured formats (staged under
+    ``staging``, then put in place); return the manifest without the export-shard counts."""
+    e = cfg.export
+    tmp = {fmt: staging / f".{fmt}.tmp" for fmt in e.formats}
     for path in tmp.values():
         shutil.rmtree(path, ignore_errors=True)
     tars = {s: _TarShards(tmp["webdataset"] / s, e.shard_size) for s in SPLITS} if "webdataset" in tmp else {}
     parquets = {s: _ParquetShards(tmp["hf"] / "data", s, e.shard_size) for s in SPLITS} if "hf" in tmp else {}
     counts, skipped = Counter(), Counter()
     for shard in units:
-        paths, marker = _unit_paths(out, shard)
-        done = json.loads(marker.read_text())
+        names, marker = _unit_names(shard)
+        done = json.loads(out.read_text(marker))
         skipped.update(done["skipped"])
-        for split, path in paths.items():
+        for split, name in names.items():
             errors: list[str] = []
-            for cid, sample in stream_samples(path, errors):
+            for cid, sample in stream_samples(out, name, errors):
                 meta = json.loads(sample["json"])
                 if tars:
                     tars[split].write(cid, sample)
@@ -304,14 +315,13 @@ def export_run(cfg: PipelineConfig, store: RunStore, out: str | Path | None = No
                         **{m: meta[m] for m in ("sim_0", "sim_1", "sim_image", "sim_direction")}})
                 counts[split] += 1
             if errors:
-                raise RuntimeError(f"export shard {path} is unreadable ({'; '.join(errors)}): "
-                                   f"delete {marker} and re-run")
+                raise RuntimeError(f"export shard {out.url(name)} is unreadable ({'; '.join(errors)}): "
+                                   f"delete {out.url(marker)} and re-run")
 
     manifest: dict[str, Any] = {"pairs": sum(counts.values()), "splits": {s: counts.get(s, 0) for s in SPLITS},
                                 "skipped": dict(skipped), "formats": list(e.formats), "image_format": e.image_format,
                                 "selection": {k: info.get(k) for k in ("thresholds", "max_pairs_per_triple", "selected",
-                                                                       "overrides")},
-                                "export_shards": {"total": len(units), "reused": reused, "written": len(todo)}}
+                                                                       "overrides")}}
     if tars:
         sizes = {}
         for split, writer in tars.items():
@@ -319,32 +329,25 @@ def export_run(cfg: PipelineConfig, store: RunStore, out: str | Path | None = No
             sizes.update({f"{split}/{name}": n for name, n in writer.sizes.items()})
         tmp["webdataset"].mkdir(parents=True, exist_ok=True)
         (tmp["webdataset"] / "sizes.json").write_text(json.dumps(sizes, indent=1))
-        _replace_dir(tmp["webdataset"], out / "webdataset")
-        manifest["webdataset"] = {"dir": str(out / "webdataset"), "shards": len(sizes)}
+        manifest["webdataset"] = {"dir": out.replace_tree("webdataset", tmp["webdataset"]), "shards": len(sizes)}
     if parquets:
         files = {split: writer.close() for split, writer in parquets.items()}
         tmp["hf"].mkdir(parents=True, exist_ok=True)
         (tmp["hf"] / "README.md").write_text(_dataset_card(manifest["splits"], info))
-        _replace_dir(tmp["hf"], out / "hf")
-        manifest["hf"] = {"dir": str(out / "hf"), "files": files}
-    with store.atomic_path(out / "manifest.json") as t:
-        t.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    if skipped:
-        log.warning("export skipped %s", dict(skipped))
-    log.info("exported %d pairs to %s: %s (export shards: %d written, %d reused)", manifest["pairs"], out,
-             manifest["splits"], len(todo), reused)
+        manifest["hf"] = {"dir": out.replace_tree("hf", tmp["hf"]), "files": files}
     return manifest
 
 
-def _remove_stale_units(out: Path, shards: set[int]) -> None:
+def _remove_stale_units(out: RunStore, shards: set[int]) -> None:
     """Export shards of filter shards that no longer hold selected pairs."""
-    for marker in (out / UNITS).glob("export-*.done.json"):
-        shard = int(marker.name[len("export-"):len("export-") + 5])
+    prefix = f"{UNITS}/export-"
+    for marker in out.glob(f"{prefix}*.done.json"):
+        shard = int(marker[len(prefix):len(prefix) + 5])
         if shard not in shards:
-            paths, _ = _unit_paths(out, shard)
-            marker.unlink()
-            for path in paths.values():
-                path.unlink(missing_ok=True)
+            names, _ = _unit_names(shard)
+            out.remove(marker)
+            for name in names.values():
+                out.remove(name)
 
 
 def _plain(value: Any) -> Any:

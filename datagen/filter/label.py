@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from datagen.store import RunStore
 
@@ -67,11 +66,11 @@ def sample_kept(store: RunStore, n: int, seed: int) -> pd.DataFrame:
     when the whole table was read; only the shards holding a drawn candidate are read whole.
     """
     shards = store.done_shards(STAGE)
-    paths = [store.shard_path(STAGE, s, "parquet") for s in shards]
-    kept = [int(pc.sum(pq.read_table(p, columns=["images_kept"])["images_kept"]).as_py() or 0) if p.exists() else 0
-            for p in paths]
+    names = [store.shard_name(STAGE, s, "parquet") for s in shards]
+    kept = [int(pc.sum(store.read_arrow(n, columns=["images_kept"])["images_kept"]).as_py() or 0) if store.exists(n)
+            else 0 for n in names]
     if not sum(kept):
-        raise RunError(f"{store.root}: no candidate has stored images to label")
+        raise RunError(f"{store.location}: no candidate has stored images to label")
     rng = np.random.default_rng(seed)
     drawn = np.sort(rng.choice(sum(kept), size=min(n, sum(kept)), replace=False))
     starts = np.cumsum([0, *kept])
@@ -91,7 +90,7 @@ class LabelServer:
                  labels_path: str | Path | None = None):
         self.store = RunStore(run)
         if not self.store.done_shards(STAGE):
-            raise RunError(f"{self.store.root}/filter has no done shards: run the filter stage first")
+            raise RunError(f"{self.store.url('filter')} has no done shards: run the filter stage first")
         self.labels = LabelFile(self.store, labels_path)
         picked = sample_kept(self.store, n, seed)
         self.items = [{k: str(r[k]) for k in _ITEM_FIELDS} for _, r in picked.iterrows()]
@@ -128,7 +127,7 @@ class LabelServer:
 
             def do_GET(self):
                 if self.path == "/":
-                    page = _PAGE.format(run=html.escape(str(server.store.root)), n=len(server.items),
+                    page = _PAGE.format(run=html.escape(server.store.location), n=len(server.items),
                                         path=html.escape(str(server.labels.path)))
                     return self._send(HTTPStatus.OK, page.encode(), "text/html; charset=utf-8")
                 if self.path == "/api/sample":

@@ -18,9 +18,9 @@ from typing import Any
 
 import pandas as pd
 
-from datagen.store import RunStore
+from datagen.store import RunStore, file_location
 
-DEFAULT_LABELS = Path("labels") / "labels.json"
+DEFAULT_LABELS = "labels/labels.json"   # in the run
 _GOOD = {"good", "true", "1", "yes", "correct", "ok"}
 _BAD = {"bad", "false", "0", "no", "wrong"}
 
@@ -41,13 +41,13 @@ def parse_label(value: Any, where: str) -> bool:
 
 
 def load_labels(path: str | Path) -> pd.Series:
-    """Boolean Series (True = good pair) indexed by candidate_id."""
-    path = Path(path)
-    if not path.is_file():
+    """Boolean Series (True = good pair) indexed by candidate_id; ``path`` local or on an object store."""
+    folder, name = file_location(path)
+    if not folder.exists(name):
         raise LabelError(f"labels file {path} not found")
     labels: dict[str, bool] = {}
-    if path.suffix.lower() == ".csv":
-        with path.open(newline="") as f:
+    if name.lower().endswith(".csv"):
+        with folder.open(name, "r", newline="") as f:
             reader = csv.DictReader(f)
             if not reader.fieldnames or not {"candidate_id", "label"} <= set(reader.fieldnames):
                 raise LabelError(f"{path}: a labels CSV needs the columns candidate_id,label; got {reader.fieldnames}")
@@ -55,7 +55,7 @@ def load_labels(path: str | Path) -> pd.Series:
                 labels[row["candidate_id"].strip()] = parse_label(row["label"], f"{path}:{i}")
     else:
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(folder.read_text(name))
         except ValueError as e:
             raise LabelError(f"{path}: not valid JSON: {e}") from None
         if isinstance(data, dict):
@@ -74,12 +74,12 @@ class LabelFile:
     """The labelling page's file: read once, updated atomically on every click."""
 
     def __init__(self, store: RunStore, path: str | Path | None = None):
-        self.store = store
-        self.path = Path(path) if path else store.root / DEFAULT_LABELS
+        self.path = str(path) if path else store.url(DEFAULT_LABELS)
+        self.folder, self.name = file_location(self.path)
         self.entries: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()   # the page's server answers clicks on several threads
-        if self.path.exists():
-            data = json.loads(self.path.read_text())
+        if self.folder.exists(self.name):
+            data = json.loads(self.folder.read_text(self.name))
             self.entries = {k: (v if isinstance(v, dict) else {"label": v}) for k, v in data.items()}
 
     def set(self, candidate_id: str, label: str) -> None:
@@ -87,5 +87,4 @@ class LabelFile:
             raise LabelError(f"label must be 'good' or 'bad', got {label!r}")
         with self._lock:
             self.entries[candidate_id] = {"label": label, "labelled_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-            with self.store.atomic_path(self.path) as tmp:
-                tmp.write_text(json.dumps(self.entries, indent=1, sort_keys=True))
+            self.folder.write_json(self.name, self.entries)

@@ -103,13 +103,11 @@ def oracle_summary(scores: pd.DataFrame, oracle: pd.DataFrame, selected: np.ndar
     return out
 
 
-def write_oracle_json(run: str | Path, values: dict[str, Any]) -> Path:
+def write_oracle_json(run: str | Path, values: dict[str, Any]) -> str:
     """Merge ``values`` into ``<run>/report/oracle.json``, keeping keys other tools wrote there
-    (p2p_modes, t2i_caption_match_rate, clip_top1, ...)."""
+    (p2p_modes, t2i_caption_match_rate, clip_top1, ...); return its location."""
     store = RunStore(run)
-    path = store.root / "report" / ORACLE_FILE
-    current = json.loads(path.read_text()) if path.exists() else {}
+    name = f"report/{ORACLE_FILE}"
+    current = json.loads(store.read_text(name)) if store.exists(name) else {}
     current.update(values)
-    with store.atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(current, indent=1, sort_keys=True))
-    return path
+    return store.write_json(name, current)

@@ -34,7 +34,7 @@ def reselect(cfg: PipelineConfig, store: RunStore, overrides: list[str] | tuple[
     t0 = time.time()
     t = Thresholds.from_config(cfg.filter)
     k = cfg.filter.max_pairs_per_triple
-    con = connect(score_files(store))
+    con = connect(score_files(store), store.filesystem)
     totals = counts(con, t)
     selection = selection_arrow(con, t, k, extra=("shard", "images_kept"))
     con.close()
@@ -74,7 +74,7 @@ def refilter(run: str | Path, overrides: list[str] | tuple[str, ...] = (), expor
                           "re-run the filter stage to change them)")
     store = RunStore(run)
     if not store.done_shards("filter"):
-        raise RunError(f"{store.root}/filter has no done shards: run the filter stage first")
+        raise RunError(f"{store.url('filter')} has no done shards: run the filter stage first")
     previous = read_selection_info(store)
     cfg = load_run_config(run, overrides)
     if not reset:

@@ -27,8 +27,8 @@ MEMORY_LIMIT = "1GB"                  # DuckDB spills past this; the 2 GB budget
 
 def score_files(store: RunStore) -> list[str]:
     """The scores parquet of every done filter shard, in shard order."""
-    paths = [store.shard_path(STAGE, s, "parquet") for s in store.done_shards(STAGE)]
-    return [str(p) for p in paths if p.exists()]
+    names = [store.shard_name(STAGE, s, "parquet") for s in store.done_shards(STAGE)]
+    return [store.url(name) for name in names if store.exists(name)]
 
 
 def connect(files: Sequence[str], filesystem: Any = None, threads: int | None = None,

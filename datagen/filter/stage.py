@@ -74,9 +74,9 @@ def plan_shards(cfg: PipelineConfig, store: RunStore) -> list[int]:
     shards = store.done_shards(RENDER)
     inline = _scored_inline(store)
     for s in set(store.done_shards(STAGE)) & set(shards) - inline:
-        if store.stats_path(RENDER, s).stat().st_mtime > store.stats_path(STAGE, s).stat().st_mtime:
+        if store.modified(store.stats_name(RENDER, s)) > store.modified(store.stats_name(STAGE, s)):
             log.info("filter shard %d is older than render shard %d: redoing it", s, s)
-            store.stats_path(STAGE, s).unlink()
+            store.remove(store.stats_name(STAGE, s))
     lost = sorted(s for s in inline if not store.is_done(STAGE, s))
     if lost:
         raise ConfigError(f"render shard(s) {lost[:10]} were scored as they were rendered (render.store=kept) and "
@@ -114,7 +114,7 @@ class Worker:
     def _render_count(self, shard: int) -> int:
         """How many candidates the render stage wrote (to count what an unreadable shard lost)."""
         try:
-            return int(json.loads(self.store.stats_path(RENDER, shard).read_text()).get("count_out", 0)) or 1
+            return int(json.loads(self.store.read_text(self.store.stats_name(RENDER, shard))).get("count_out", 0)) or 1
         except Exception:
             return 1
 
@@ -192,7 +192,7 @@ class Worker:
         errors: list[str] = []
         with self.store.tar_writer(STAGE, shard) as add_sample:   # streams: scoring happens as the tar is written
             scoring.add_sample = add_sample
-            for key, sample in stream_samples(self.store.shard_path(RENDER, shard, "tar"), errors):
+            for key, sample in stream_samples(self.store, self.store.shard_name(RENDER, shard, "tar"), errors):
                 c = by_id.get(key)
                 if c is None or key in scoring.results or key in scoring.pending_ids:
                     continue   # not a candidate of this shard, failed in render, or a duplicate
@@ -234,8 +234,8 @@ class Worker:
                  "clip_model": self.cfg.filter.clip_model,
                  "device": str(self.clip.device), "score_seconds": round(timing["seconds"], 3),
                  "images_per_s": round(timing["images"] / timing["seconds"], 2) if timing["seconds"] > 0 else 0.0,
-                 "bytes_written": sum(self.store.shard_path(STAGE, shard, p).stat().st_size for p in parts
-                                      if self.store.shard_path(STAGE, shard, p).exists())}
+                 "bytes_written": sum(self.store.size(name) for p in parts
+                                      if self.store.exists(name := self.store.shard_name(STAGE, shard, p)))}
         if shard_error:
             extra["shard_error"] = shard_error
             log.error("filter shard %d: %s", shard, shard_error)
@@ -307,5 +307,5 @@ def write_run_oracle(cfg: PipelineConfig, store: RunStore) -> dict | None:
     scores = read_scores(store)
     selected = Selector(scores).select(Thresholds.from_config(cfg.filter), cfg.filter.max_pairs_per_triple)
     values = oracle_summary(scores, judged, selected)
-    write_oracle_json(store.root, values)
+    write_oracle_json(store.location, values)
     return {k: v for k, v in values.items() if k != "by_edit_kind"}

@@ -13,7 +13,6 @@ import dataclasses
 import json
 import tarfile
 import zlib
-from pathlib import Path
 from typing import Any, Iterator
 
 import pandas as pd
@@ -48,8 +47,9 @@ def read_scores(store: RunStore, columns: list[str] | None = None, shards: list[
     schema = SCORES_SCHEMA if columns is None else pa.schema([SCORES_SCHEMA.field(c) for c in columns])
     frames = []
     for shard in store.done_shards(STAGE) if shards is None else shards:
-        path = store.shard_path(STAGE, shard, "parquet")
-        table = pq.read_table(path, columns=schema.names, schema=SCORES_SCHEMA) if path.exists() else schema.empty_table()
+        name = store.shard_name(STAGE, shard, "parquet")
+        table = (store.read_arrow(name, columns=schema.names, schema=SCORES_SCHEMA) if store.exists(name)
+                 else schema.empty_table())
         frames.append(table.to_pandas().assign(shard=shard))
     if not frames:
         return schema.empty_table().to_pandas().assign(shard=pd.Series(dtype="int64"))
@@ -58,42 +58,44 @@ def read_scores(store: RunStore, columns: list[str] | None = None, shards: list[
 
 def read_oracle(store: RunStore) -> pd.DataFrame | None:
     """Oracle judgements of all done shards (candidate_id + ORACLE_FIELDS), or None if none."""
-    frames = [pq.read_table(p).to_pandas() for s in store.done_shards(STAGE)
-              if (p := store.shard_path(STAGE, s, ORACLE_PART)).exists()]
+    frames = [store.read_arrow(name).to_pandas() for s in store.done_shards(STAGE)
+              if store.exists(name := store.shard_name(STAGE, s, ORACLE_PART))]
     frames = [f for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
 def read_kept_images(store: RunStore, shard: int) -> dict[str, dict[str, bytes]]:
     """``{candidate_id: {"input.png": bytes, "edited.png": bytes}}`` of one filter shard."""
-    path = store.shard_path(STAGE, shard, "tar")
-    return store.read_tar(STAGE, shard) if path.exists() else {}
+    return store.read_tar(STAGE, shard) if store.exists(store.shard_name(STAGE, shard, "tar")) else {}
 
 
 def read_images_for(store: RunStore, shard: int, candidate_ids: set[str]) -> dict[str, dict[str, bytes]]:
     """Like read_kept_images, but holds only the samples of ``candidate_ids`` in memory."""
     errors: list[str] = []
-    return {k: s for k, s in stream_samples(store.shard_path(STAGE, shard, "tar"), errors) if k in candidate_ids}
+    return {k: s for k, s in stream_samples(store, store.shard_name(STAGE, shard, "tar"), errors)
+            if k in candidate_ids}
 
 
-def _truncated(path) -> bool:
+def _truncated(store: RunStore, name: str) -> bool:
     """A complete tar ends with two zero blocks; tarfile itself stops quietly when a file is cut
     at a header boundary, so their absence is how a truncated shard shows."""
-    with open(path, "rb") as f:
-        f.seek(max(0, Path(path).stat().st_size - 1024))
+    with store.open(name) as f:
+        f.seek(max(0, store.size(name) - 1024))
         return bool(f.read(1024).strip(b"\0"))
 
 
-def stream_samples(path, errors: list[str]) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {ext: bytes}) of a webdataset tar, read sequentially with one sample in memory.
+def stream_samples(store: RunStore, name: str, errors: list[str]) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {ext: bytes}) of the webdataset tar ``name`` of ``store``, read sequentially with one
+    sample in memory.
 
     A tar that cannot be read (missing, garbage, truncated) ends the stream and appends the
     reason to ``errors``; the complete samples read before the damage are still yielded (the
     last sample of a truncated tar may be incomplete, so it is not).
     """
+    filename = name.rsplit("/", 1)[-1]
     try:
-        truncated = _truncated(path)
-        with tarfile.open(path, "r|*") as tar:
+        truncated = _truncated(store, name)
+        with store.open(name) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
             key, sample = None, {}
             for member in tar:
                 if not member.isfile() or "." not in member.name:
@@ -105,11 +107,11 @@ def stream_samples(path, errors: list[str]) -> Iterator[tuple[str, dict[str, byt
                 key = k
                 sample[ext] = tar.extractfile(member).read()
         if truncated:
-            errors.append(f"{Path(path).name}: truncated (no end-of-archive marker)")
+            errors.append(f"{filename}: truncated (no end-of-archive marker)")
         elif sample:
             yield key, sample
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        errors.append(f"{Path(path).name}: {type(e).__name__}: {e}")
+        errors.append(f"{filename}: {type(e).__name__}: {e}")
 
 
 def image_pair(sample: dict[str, bytes]) -> tuple[bytes, bytes, str] | None:
@@ -120,26 +122,24 @@ def image_pair(sample: dict[str, bytes]) -> tuple[bytes, bytes, str] | None:
     return None
 
 
-def write_selection(store: RunStore, selection: pa.Table | pd.DataFrame, info: dict[str, Any]) -> Path:
-    path = store.stage_dir(STAGE) / SELECTION_FILE
-    with store.atomic_path(path) as tmp:
+def write_selection(store: RunStore, selection: pa.Table | pd.DataFrame, info: dict[str, Any]) -> str:
+    with store.writing(f"{STAGE}/{SELECTION_FILE}") as tmp:
         if isinstance(selection, pd.DataFrame):
             selection.to_parquet(tmp, index=False)
         else:
             pq.write_table(selection, tmp)
-    with store.atomic_path(store.stage_dir(STAGE) / SELECTION_INFO) as tmp:
-        tmp.write_text(json.dumps(info, indent=1, sort_keys=True))
-    return path
+    store.write_json(f"{STAGE}/{SELECTION_INFO}", info)
+    return store.url(f"{STAGE}/{SELECTION_FILE}")
 
 
 def read_selection(store: RunStore) -> pd.DataFrame:
-    path = store.stage_dir(STAGE) / SELECTION_FILE
-    if not path.exists():
-        raise RunError(f"{path} not found: run the filter stage (`editsynth generate --stages filter`) "
-                       f"or `editsynth refilter --run {store.root}` first")
-    return pd.read_parquet(path)
+    name = f"{STAGE}/{SELECTION_FILE}"
+    if not store.exists(name):
+        raise RunError(f"{store.url(name)} not found: run the filter stage (`editsynth generate --stages filter`) "
+                       f"or `editsynth refilter --run {store.location}` first")
+    return pd.read_parquet(store.url(name), filesystem=store.filesystem)
 
 
 def read_selection_info(store: RunStore) -> dict[str, Any]:
-    path = store.stage_dir(STAGE) / SELECTION_INFO
-    return json.loads(path.read_text()) if path.exists() else {}
+    name = f"{STAGE}/{SELECTION_INFO}"
+    return json.loads(store.read_text(name)) if store.exists(name) else {}

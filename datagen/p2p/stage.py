@@ -102,7 +102,10 @@ class Worker:
         self.renderer = build_renderer(cfg)
 
     def _clear_partial(self, shard: int) -> None:
-        """Remove temp files a killed run left for this shard (atomic writes never finished)."""
+        """Remove temp files a killed run left for this shard (atomic writes never finished).
+        Only a local run has them: on an object store a shard's files are staged off the store."""
+        if not self.store.local:
+            return
         d = self.store.stage_dir(STAGE)
         for tmp in d.glob(f".{STAGE}-{shard:05d}.*.tmp") if d.exists() else []:
             tmp.unlink(missing_ok=True)
@@ -140,8 +143,8 @@ class Worker:
                         score(r.candidate, r.images if r.candidate.status == "ok" else None)
                 add_rows([r.candidate.to_row() for r in rendered])
                 candidates += len(rendered)
-        written = sum(self.store.shard_path(STAGE, shard, part).stat().st_size for part in ("tar", "parquet")
-                      if self.store.shard_path(STAGE, shard, part).exists())
+        written = sum(self.store.size(name) for part in ("tar", "parquet")
+                      if self.store.exists(name := self.store.shard_name(STAGE, shard, part)))
         extra = {name: round(v, 4) if isinstance(v, float) else v for name, v in vars(counters).items()}
         extra.update(triples=len(triples), truncated_captions=truncated,
                      triples_not_rendered=dict(Counter(not_rendered.values())), device=str(self.renderer.loaded.device),
@@ -166,9 +169,7 @@ def finalize(cfg: PipelineConfig, store: RunStore) -> dict:
     for s in stats:
         not_rendered.update(s.extra.get("triples_not_rendered", {}))
     total["triples_not_rendered"] = dict(not_rendered)
-    path = Path(store.stage_dir(STAGE)) / "render-totals.json"
-    with store.atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(total, indent=1, sort_keys=True))
+    store.write_json(f"{STAGE}/render-totals.json", total)
     return total
 
 
@@ -186,7 +187,7 @@ def find_candidate(cfg: PipelineConfig, store: RunStore, candidate: str) -> tupl
             for specs in chunk(shard_specs(cfg.seed, triples, cfg.render), cfg.render.resources.batch_size):
                 if any(s.candidate_id == candidate for s in specs):
                     return shard, triples, specs
-    raise ValueError(f"candidate {candidate}: triple {triple_id} is in no done captions shard of {store.root}")
+    raise ValueError(f"candidate {candidate}: triple {triple_id} is in no done captions shard of {store.location}")
 
 
 def render_one(run: str | Path, candidate: str, renderer: CandidateRenderer | None = None

@@ -177,7 +177,7 @@ def test_export_to_jpg_reencodes_and_can_write_one_format(run_copy, tmp_path):
 def test_export_resumes_per_export_shard_and_redoes_only_what_changed(run_copy, tmp_path):
     import hashlib
 
-    from datagen.filter.export import _unit_paths
+    from datagen.filter.export import _unit_names
     from datagen.filter.refilter import refilter
 
     store, cfg = run_copy
@@ -192,8 +192,8 @@ def test_export_resumes_per_export_shard_and_redoes_only_what_changed(run_copy, 
     again = export_run(cfg, store, out=tmp_path / "a")          # nothing changed: nothing rewritten
     assert again["export_shards"] == {"total": len(shards), "reused": len(shards), "written": 0}
     before = files(tmp_path / "a")
-    _, marker = _unit_paths(tmp_path / "a", shards[0])
-    marker.unlink()                                             # as if killed before shard 0 finished
+    _, marker = _unit_names(shards[0])
+    (tmp_path / "a" / marker).unlink()                          # as if killed before shard 0 finished
     resumed = export_run(cfg, store, out=tmp_path / "a")
     assert resumed["export_shards"] == {"total": len(shards), "reused": len(shards) - 1, "written": 1}
     assert files(tmp_path / "a") == before                      # the same files, byte for byte
