@@ -1,6 +1,7 @@
 """The shapes pipeline on a real three-node Ray cluster on loopback, one shared run folder, a worker
 node killed (its raylet, by pid) while Stage 2 renders: re-run until done, it makes exactly what a
-single-node run makes, with no candidate lost or duplicated."""
+single-node run makes, with no candidate lost or duplicated. And a render actor killed mid-shard:
+Ray restarts it and retries its shard (max_restarts / max_task_retries), within the same run."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from datagen.store import RunStore
 from tests.captions import processes
@@ -53,10 +55,46 @@ def export_keys(run: Path) -> dict[str, list[str]]:
     return keys
 
 
-def test_a_node_killed_mid_render_loses_and_duplicates_nothing(tmp_path):
-    reference = subprocess.run(_args(tmp_path / "single"), cwd=REPO, env=_env(), capture_output=True, text=True,
-                               timeout=900)
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("single") / "run"
+    reference = subprocess.run(_args(out), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
     assert reference.returncode == 0, reference.stderr[-3000:]
+    return out
+
+
+def _map_workers(pid: int) -> list[int]:
+    """Ray Data actor processes (one stage worker each) under ``pid``."""
+    found = []
+    for child in processes.descendants(pid):
+        try:
+            if b"MapWorker" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(child)
+        except OSError:
+            continue
+    return found
+
+
+def test_a_render_actor_killed_mid_shard_is_restarted_and_its_shard_retried_in_the_same_run(tmp_path, single_run):
+    out, log = tmp_path / "run", tmp_path / "run.log"
+    proc = processes.start(_args(out), log, cwd=REPO, env=_env())
+    try:
+        store = RunStore(out)
+        processes.wait_for(lambda: len(store.done_shards("render")) >= 1 and _map_workers(proc.pid), 600,
+                           "a done render shard", proc, log)
+        victim = _map_workers(proc.pid)[0]
+        os.kill(victim, signal.SIGKILL)
+        code = proc.wait(timeout=900)
+    finally:
+        processes.stop(proc)
+    assert code == 0, log.read_text(errors="replace")[-3000:]      # no re-run needed
+    ids, images = candidates(out)
+    ref_ids, ref_images = candidates(single_run)
+    assert len(ids) == len(set(ids)) and sorted(ids) == sorted(ref_ids)
+    assert images == ref_images
+
+
+def test_a_node_killed_mid_render_loses_and_duplicates_nothing(tmp_path, single_run):
 
     out, log = tmp_path / "cluster", tmp_path / "cluster.log"
     with ray_cluster({"head": {"num_cpus": 1}, "node_b": {"num_cpus": 1}, "node_c": {"num_cpus": 1}},
@@ -79,13 +117,13 @@ def test_a_node_killed_mid_render_loses_and_duplicates_nothing(tmp_path):
     assert attempts[-1] == 0, (attempts, log.read_text(errors="replace")[-3000:])
 
     ids, images = candidates(out)
-    ref_ids, ref_images = candidates(tmp_path / "single")
+    ref_ids, ref_images = candidates(single_run)
     assert len(ids) == len(set(ids)) == len(ref_ids) == 12 * 2        # none duplicated, none lost
     assert sorted(ids) == sorted(ref_ids)
     assert images == ref_images                                       # byte for byte
     assert pq.read_table(out / "filter" / "selection.parquet").to_pylist() == \
-        pq.read_table(tmp_path / "single" / "filter" / "selection.parquet").to_pylist()
-    assert export_keys(out) == export_keys(tmp_path / "single")
+        pq.read_table(single_run / "filter" / "selection.parquet").to_pylist()
+    assert export_keys(out) == export_keys(single_run)
     ran_on = {s.extra["node_id"] for stage in ("render", "filter") for s in RunStore(out).read_stats(stage)}
     assert len(ran_on) >= 2, ran_on                                    # the work really spread
     print(json.dumps({"attempts": attempts, "nodes_used": len(ran_on)}))
