@@ -156,6 +156,9 @@ def summarise(rows: list[dict], arms: list[str], fixed_thresholds=()) -> dict:
         figures = {name: rate([r[name] for r in rs]) for name in JUDGED}
         correct = [r for r in rs if r["correct"]]
         figures["unnamed_kept_among_correct"] = rate([r["correct_full"] for r in correct])
+        kinds = sorted({r["edit_kind"] for r in rs})
+        figures["correct_full_by_edit_kind"] = {k: rate([r["correct_full"] for r in rs if r["edit_kind"] == k])
+                                                for k in kinds}
         out["arms"][arm] = {"pairs": len(rs), **figures}
 
     def outcome(arm: str, name: str) -> dict:
@@ -188,9 +191,15 @@ def summarise(rows: list[dict], arms: list[str], fixed_thresholds=()) -> dict:
     full = out["arms"]
     if all(arm in full for arm in MAIN_ARMS):
         best = max(full["self"]["correct_full"], full["cross"]["correct_full"])
-        out["target"] = {"best_sharing_minus_none_correct_full": round(best - full["none"]["correct_full"], 4),
+        none = full["none"]
+        out["target"] = {"best_sharing_minus_none_correct_full": round(best - none["correct_full"], 4),
                          "required": TARGET_GAIN,
-                         "met": best - full["none"]["correct_full"] >= TARGET_GAIN}
+                         "met": best - none["correct_full"] >= TARGET_GAIN,
+                         # The most any arm as often correct as none could gain: every correct pair kept whole.
+                         "ceiling_over_none": round(none["correct"] - none["correct_full"], 4)}
+        if "none_new_seed" in full:
+            out["target"]["best_sharing_minus_none_new_seed_correct_full"] = round(
+                best - full["none_new_seed"]["correct_full"], 4)
     return out
 
 

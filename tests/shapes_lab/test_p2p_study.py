@@ -73,3 +73,26 @@ def test_study_reports_every_arm_paired_by_seed_and_resumes_from_its_parts(cfg, 
 def test_bad_study_settings_are_refused_before_anything_renders(cfg, kwargs, message):
     with pytest.raises(ValueError, match=message):
         run_study(cfg, **{"num_triples": 2, "num_seeds": 2, "p_sweep": [0.5], **kwargs})
+
+
+def _row(arm, triple, k, correct, full, sim, kind="recolour"):
+    return {"arm": arm, "triple_id": triple, "seed_index": k, "p": 0.5, "edit_kind": kind, "correct": correct,
+            "correct_full": full, "preserved": correct, "preserved_full": full, "edit_ok": True, "sim_image": sim}
+
+
+def test_summary_pairs_arms_by_triple_and_seed_and_judges_the_target_and_the_filter():
+    keys = [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
+    rows = [_row("none", t, k, True, k == 0, 0.5) for t, k in keys]               # 2 of 4 keep un-named facts
+    rows += [_row("none_new_seed", t, k, True, False, 0.4) for t, k in keys]
+    rows += [_row("self", t, k, True, True, 0.9) for t, k in reversed(keys)]     # all 4, listed in another order
+    rows += [_row("cross", t, k, False, False, 0.6) for t, k in keys]
+    s = p2p_study.summarise(rows, ["none", "none_new_seed", "self", "cross"])
+    assert s["arms"]["self"]["correct_full"] == 1.0 and s["arms"]["none"]["correct_full"] == 0.5
+    assert s["arms"]["none"]["unnamed_kept_among_correct"] == 0.5
+    t = s["sign_tests"]["self_vs_none"]["correct_full"]
+    assert (t["a_only"], t["b_only"], t["both"]) == (2, 0, 2)
+    assert s["sign_tests"]["cross_vs_none_new_seed"]["correct_full"]["p_value"] == 1.0
+    assert s["target"]["best_sharing_minus_none_correct_full"] == 0.5 and s["target"]["met"]
+    assert s["target"]["ceiling_over_none"] == 0.5
+    # Over self, cross and none: a higher sim_image goes with the un-named facts kept, but not perfectly.
+    assert 0.5 < s["filter_sim_image"]["auc_preserved_full"] < 1.0 and s["filter_sim_image"]["pairs"] == 12
