@@ -105,6 +105,10 @@ def run_shards(
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True   # off a terminal they are log lines of ray.data, quiet unless -v
     ctx.execution_options.preserve_order = False
+    # Ray Data (2.60) stops a dataset after 30 min without output; one unit may legitimately take
+    # longer (a slow GPU, a large shard_size). A killed actor is retried; a hung one is the user's to see.
+    if hasattr(ctx, "execution_no_progress_timeout_s"):
+        ctx.execution_no_progress_timeout_s = -1
     actors = max(1, min(resources.actors, len(shards)))
     log.info("%s: %d shard(s) on %d actor(s) (cpus=%s gpus=%s each)", stage, len(shards), actors,
              resources.num_cpus, resources.num_gpus)

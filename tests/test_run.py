@@ -89,3 +89,31 @@ def test_scores_made_while_rendering_are_never_deleted_for_want_of_a_render_tar(
         run_pipeline(cfg, tmp_path, ["filter"])
     run_pipeline(cfg, tmp_path, ["render", "filter"], overwrite=True)   # the way out it names
     assert store.done_shards("filter") == [0] and store.done_shards("render") == [0]
+
+
+SLOW_UNIT = """
+import time
+from datagen.config import Resources
+from datagen.distribute import run_shards
+from datagen.records import ShardStats
+
+class Slow:
+    def process_shard(self, shard):
+        time.sleep(4)
+        return ShardStats(stage="slow", shard=shard, count_in=1, count_out=1)
+
+stats = run_shards("slow", Slow, [0], Resources(actors=1, num_cpus=1, num_gpus=0))
+print("done", len(stats))
+"""
+
+
+def test_a_unit_slower_than_ray_datas_no_progress_timeout_is_not_cut_off():
+    # Regression: Ray Data stops a dataset that made no progress for 30 min (its default), and a render
+    # unit at 512 px on a slow device took longer. Here the timeout is 1 s and the unit takes 4 s.
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", SLOW_UNIT], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "done 1"
