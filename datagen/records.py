@@ -99,11 +99,11 @@ class Candidate(Record):
     status: str = "ok"           # ok | failed | stopped (its preview predicted failure: render.preview)
     failure_reason: str = ""
     image_format: str = "png"
-    # The four CLIP metrics of its preview (x0 prediction part-way, render.preview); NaN: no preview.
-    preview_sim_0: float = float("nan")
-    preview_sim_1: float = float("nan")
-    preview_sim_image: float = float("nan")
-    preview_sim_direction: float = float("nan")
+    # The four CLIP metrics of its preview (x0 prediction part-way, render.preview); None: no preview.
+    preview_sim_0: float | None = None
+    preview_sim_1: float | None = None
+    preview_sim_image: float | None = None
+    preview_sim_direction: float | None = None
 
     IMAGE_KEYS: ClassVar[tuple[str, str]] = ("input", "edited")
 

@@ -40,7 +40,7 @@ STAGE = "render"
 INPUT_STAGE = "captions"
 
 # Explicit, so that a shard whose candidates all failed or that has no triples still has columns.
-_ARROW = {"str": pa.string(), "int": pa.int64(), "float": pa.float64()}
+_ARROW = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "float | None": pa.float64()}
 CANDIDATE_SCHEMA = pa.schema([(f.name, _ARROW[f.type]) for f in dataclasses.fields(Candidate)])
 
 
