@@ -49,7 +49,8 @@ def made(run: Path) -> dict:
     ids, images = [], {}
     for shard in store.done_shards("render"):
         ids += pq.read_table(store.shard_path("render", shard, "parquet"), columns=["candidate_id"]).column(0).to_pylist()
-        images.update({k: b"".join(v[e] for e in sorted(v)) for k, v in store.read_tar("render", shard).items()})
+        stage = "render" if store.shard_path("render", shard, "tar").exists() else "filter"   # render.store=kept
+        images.update({k: b"".join(v[e] for e in sorted(v)) for k, v in store.read_tar(stage, shard).items()})
     selection = run / "filter" / "selection.parquet"
     export = sorted(str(p.relative_to(run)) + ":" + str(p.stat().st_size) for p in (run / "export").rglob("*.tar"))
     return {"ids": ids, "images": images,

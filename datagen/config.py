@@ -170,6 +170,9 @@ class RenderConfig(Section):
     # branch and the edited branch up to the smallest p (fewer UNet rows; less seed diversity).
     candidates_per_seed: int = Field(1, ge=1)
     image_format: Literal["png", "jpg"] = "png"   # jpg is written at quality 100
+    # kept: the render actor scores each candidate as it renders it (as the original generator did)
+    # and stores images only inside the filter's keep bound; all: every image, in a render tar too.
+    store: Literal["kept", "all"] = "kept"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"   # auto: fp16 on CUDA, fp32 on CPU
     device: Literal["auto", "cpu", "cuda"] = "auto"
     waves: WavesConfig | None = None              # None: every candidate is rendered (the paper)

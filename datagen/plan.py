@@ -92,12 +92,12 @@ def plan(cfg: PipelineConfig, name: str, gpus: int | None = None) -> Plan:
     image_bytes = 2 * height * width * BYTES_PER_PIXEL[r.image_format]
     export_image_bytes = 2 * height * width * BYTES_PER_PIXEL[e.image_format]
     pairs_max = triples * f.max_pairs_per_triple
-    store = getattr(r, "store", None)
+    store = r.store
     notes.append(f"images: {BYTES_PER_PIXEL[r.image_format]} bytes per pixel for {r.image_format} "
                  f"(assumed for photographic renders), {height}x{width} px, 2 images per candidate")
-    notes.append("render images: every candidate's are stored (render.store is not set)" if store is None
-                 else f"render images: render.store = {store!r}")
-    notes.append("kept images: the filter stage copies those inside the keep bound; how many is known only after "
+    notes.append("render images: render.store = 'all': every candidate's images, in render tars" if store == "all"
+                 else "render images: none (render.store = 'kept': scored as rendered, stored only inside the keep bound)")
+    notes.append("kept images: those inside the filter's keep bound, written once; how many is known only after "
                  "scoring, so the figure is the most it can be (all candidates)")
     notes.append(f"scores: {SCORE_BYTES_PER_ROW} bytes per candidate row (bench/scale.py's tables)")
     notes.append(f"export: at most {f.max_pairs_per_triple} pairs per triple")
@@ -107,7 +107,7 @@ def plan(cfg: PipelineConfig, name: str, gpus: int | None = None) -> Plan:
         units=-(-triples // cfg.captions.shard_size), render_unit_gpu_minutes=unit_minutes,
         filter_clip_images=clip_images, filter_gpu_hours=filter_h, filter_wall_hours=filter_wall,
         scores_bytes=candidates * SCORE_BYTES_PER_ROW,
-        render_images_bytes=int(candidates * image_bytes) if store in (None, "all") else 0,
+        render_images_bytes=int(candidates * image_bytes) if store == "all" else 0,
         kept_images_bytes_max=int(candidates * image_bytes), export_pairs_max=pairs_max,
         export_bytes_max=int(pairs_max * export_image_bytes), assumptions=notes)
 

@@ -76,6 +76,19 @@ def compare_p2p_modes(run: str | Path, num_triples: int = 24, num_candidates: in
             "p2p_modes_sample": {"triples": len(triples), "candidates_per_triple": num_candidates}}
 
 
+def _stored_samples(store: RunStore):
+    """(shard, key, sample, candidate row) of every stored candidate: the render tar's, or where the
+    render stage scored inline (render.store=kept), the filter tar's (the candidates inside the keep bound)."""
+    for shard in store.done_shards("render"):
+        if store.shard_path("render", shard, "tar").exists():
+            for key, sample in store.read_tar("render", shard).items():
+                yield shard, key, sample, json.loads(sample["json"])
+        elif store.is_done("filter", shard):
+            rows = {r["candidate_id"]: r for r in store.read_table("filter", shard)}
+            for key, sample in store.read_tar("filter", shard).items():
+                yield shard, key, sample, rows[key]
+
+
 def rendered_agreement(run: str | Path, limit: int = 200) -> dict:
     """How well the run's rendered images show their captions, attribute by attribute.
 
@@ -84,16 +97,12 @@ def rendered_agreement(run: str | Path, limit: int = 200) -> dict:
     """
     store = RunStore(run)
     rows: list[dict[str, bool]] = []
-    for shard in store.done_shards("render"):
-        for key, sample in store.read_tar("render", shard).items():
-            meta = json.loads(sample["json"])
-            if not (try_parse_caption(meta["input_caption"]) and try_parse_caption(meta["output_caption"])):
-                continue
-            fmt = meta.get("image_format", "png")
-            for part, cap in (("input", meta["input_caption"]), ("edited", meta["output_caption"])):
-                rows.append(oracle.caption_agreement(Image.open(io.BytesIO(sample[f"{part}.{fmt}"])), cap))
-            if len(rows) >= 2 * limit:
-                break
+    for _shard, _key, sample, meta in _stored_samples(store):
+        if not (try_parse_caption(meta["input_caption"]) and try_parse_caption(meta["output_caption"])):
+            continue
+        fmt = meta.get("image_format", "png")
+        for part, cap in (("input", meta["input_caption"]), ("edited", meta["output_caption"])):
+            rows.append(oracle.caption_agreement(Image.open(io.BytesIO(sample[f"{part}.{fmt}"])), cap))
         if len(rows) >= 2 * limit:
             break
     if not rows:

@@ -32,12 +32,13 @@ def _env() -> dict[str, str]:
 
 
 def candidates(run: Path) -> tuple[list[str], dict[str, bytes]]:
-    """Every candidate id of a run's render shards (with repeats, if any), and each ok one's images."""
+    """Every candidate id of a run's render shards (with repeats, if any), and each stored one's images."""
     store = RunStore(run)
     ids, images = [], {}
     for shard in store.done_shards("render"):
         ids += pq.read_table(store.shard_path("render", shard, "parquet"), columns=["candidate_id"]).column(0).to_pylist()
-        for key, sample in store.read_tar("render", shard).items():
+        stage = "render" if store.shard_path("render", shard, "tar").exists() else "filter"   # render.store=kept
+        for key, sample in store.read_tar(stage, shard).items():
             images[key] = sample["input.png"] + sample["edited.png"]
     return ids, images
 

@@ -16,7 +16,8 @@ import math
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 from PIL import Image
 
@@ -46,14 +47,41 @@ def check_keep_bound(cfg: PipelineConfig) -> None:
                           + ": selected pairs would have no stored images")
 
 
+def check_filter_setup(cfg: PipelineConfig) -> None:
+    """Fail before Ray starts: a keep bound that would drop selected pairs, a CLIP that cannot load."""
+    check_keep_bound(cfg)
+    check_clip_source(cfg.filter.clip_model, cfg.filter.clip_pretrained)
+
+
+def _scored_inline(store: RunStore) -> set[int]:
+    return {s.shard for s in store.read_stats(RENDER) if s.extra.get("scored_inline")}
+
+
+def check_overwrite(cfg: PipelineConfig, store: RunStore) -> None:
+    """Shards scored as they were rendered have no render tar to score again from."""
+    inline = sorted(_scored_inline(store))
+    if inline:
+        raise ConfigError(f"--overwrite of the filter stage would delete {len(inline)} shard(s) that were scored as "
+                          "they were rendered (render.store=kept), with no render tar to score them again from: "
+                          "refilter changes thresholds without re-scoring; to re-score, render again with "
+                          "--stages render,filter --overwrite")
+
+
 def plan_shards(cfg: PipelineConfig, store: RunStore) -> list[int]:
-    """Every done render shard. A filter shard older than its render shard is redone."""
+    """Every done render shard. A filter shard older than its render shard is redone, unless the
+    render stage scored it inline (``render.store=kept``): then it was written just before."""
     check_keep_bound(cfg)
     shards = store.done_shards(RENDER)
-    for s in set(store.done_shards(STAGE)) & set(shards):
+    inline = _scored_inline(store)
+    for s in set(store.done_shards(STAGE)) & set(shards) - inline:
         if store.stats_path(RENDER, s).stat().st_mtime > store.stats_path(STAGE, s).stat().st_mtime:
             log.info("filter shard %d is older than render shard %d: redoing it", s, s)
             store.stats_path(STAGE, s).unlink()
+    lost = sorted(s for s in inline if not store.is_done(STAGE, s))
+    if lost:
+        raise ConfigError(f"render shard(s) {lost[:10]} were scored as they were rendered (render.store=kept) and "
+                          "kept no render tar, but their filter shards are gone: render them again with "
+                          "--stages render,filter --overwrite (or refilter: thresholds change without re-scoring)")
     if any(not store.is_done(STAGE, s) for s in shards):
         check_clip_source(cfg.filter.clip_model, cfg.filter.clip_pretrained)  # fail before Ray starts
     return shards
@@ -129,7 +157,27 @@ class Worker:
             if keep:
                 yield {"__key__": c.candidate_id, f"input.{ext}": b_in, f"edited.{ext}": b_out}
 
+    @contextmanager
+    def scoring(self, shard: int, scored_inline: bool = False) -> Iterator["_ShardScoring"]:
+        """Score filter shard ``shard`` as its candidates arrive: yields ``take``, called as
+        ``take(candidate, sample)``, where ``sample`` is the candidate's ``{"input.<ext>": bytes,
+        "edited.<ext>": bytes}`` (None for a candidate that failed in render); ``take.scores_of(ids)``
+        scores what is pending and returns those candidates' metrics (render.waves needs them). The
+        images inside the keep bound are streamed into the filter tar; when the block ends the scores,
+        the oracle's judgements and the stats (last) are written. The render stage calls this to score
+        inline (``render.store=kept``)."""
+        t0 = time.time()
+        scoring = _ShardScoring(self)
+        with self.store.tar_writer(STAGE, shard) as add_sample:
+            scoring.add_sample = add_sample
+            yield scoring
+            scoring.flush()
+        rows = scoring.rows()
+        self._finish(shard, rows, scoring.judgements, scoring.n_kept(), t0, scoring.timing,
+                     extra={"scored_inline": True} if scored_inline else None)
+
     def process_shard(self, shard: int) -> ShardStats:
+        """Score render shard ``shard`` from its stored candidate table and image tar."""
         t0 = time.time()
         try:
             candidates = [Candidate.from_row(r) for r in self.store.read_table(RENDER, shard)]
@@ -139,36 +187,28 @@ class Worker:
                                 shard_error=f"render-{shard:05d}.parquet: {type(e).__name__}: {e}",
                                 lost=self._render_count(shard))
         by_id = {c.candidate_id: c for c in candidates}
-        results: dict[str, tuple] = {   # candidate_id -> (Scores | None, failure reason, images kept, ext)
-            c.candidate_id: (None, f"render_failed: {c.failure_reason or c.status}", False, c.image_format)
-            for c in candidates if c.status != "ok"}
-        judgements: list[dict] = []
-        timing = {"seconds": 0.0, "images": 0}
+        scoring = _ShardScoring(self)
+        for c in candidates:
+            if c.status != "ok":
+                scoring.take(c, None)
         errors: list[str] = []
-
-        def kept_samples() -> Iterator[dict[str, bytes]]:
-            chunk, pending = [], set()
+        with self.store.tar_writer(STAGE, shard) as add_sample:   # streams: scoring happens as the tar is written
+            scoring.add_sample = add_sample
             for key, sample in stream_samples(self.store.shard_path(RENDER, shard, "tar"), errors):
                 c = by_id.get(key)
-                if c is None or key in results or key in pending:
+                if c is None or key in scoring.results or key in scoring.pending_ids:
                     continue   # not a candidate of this shard, failed in render, or a duplicate
-                pending.add(key)
-                chunk.append((c, sample))
-                if len(chunk) >= self.chunk:
-                    yield from self._score_chunk(chunk, results, judgements, timing)
-                    chunk = []
-            yield from self._score_chunk(chunk, results, judgements, timing)
-
-        self.store.write_tar(STAGE, shard, kept_samples())   # streams: scoring happens as the tar is written
-        n_kept = sum(1 for r in results.values() if r[2])
+                scoring.take(c, sample)
+            scoring.flush()
         shard_error = "; ".join(errors)
         for c in candidates:   # never reached in the tar
-            if c.candidate_id not in results:
+            if c.candidate_id not in scoring.results:
                 reason = (f"unreadable_shard: {shard_error}" if shard_error
                           else "missing_image: no input and no edited image in the render tar")
-                results[c.candidate_id] = (None, reason, False, c.image_format)
-        rows = [self._row(c, *results[c.candidate_id]) for c in candidates]
-        return self._finish(shard, rows, judgements, n_kept, t0, timing, shard_error=shard_error)
+                scoring.results[c.candidate_id] = (None, reason, False, c.image_format)
+        scoring.order = candidates
+        return self._finish(shard, scoring.rows(), scoring.judgements, scoring.n_kept(), t0, scoring.timing,
+                            shard_error=shard_error)
 
     @staticmethod
     def _row(c: Candidate, s: Scores | None, reason: str, keep: bool, ext: str) -> dict:
@@ -182,17 +222,22 @@ class Worker:
             failure_reason=reason, images_kept=keep).to_row()
 
     def _finish(self, shard: int, rows: list[dict], judgements: list[dict], n_kept: int, t0: float, timing: dict,
-                shard_error: str = "", lost: int = 0) -> ShardStats:
+                shard_error: str = "", lost: int = 0, extra: dict | None = None) -> ShardStats:
         """Write the scores and oracle tables, then the stats (last: the shard is done)."""
         self.store.write_table(STAGE, shard, rows, schema=SCORES_SCHEMA)
+        parts = ["tar", "parquet"]
         if judgements:
             self.store.write_table(STAGE, shard, judgements, part=ORACLE_PART, schema=ORACLE_SCHEMA)
+            parts.append(ORACLE_PART)
         rejections = Counter(r["failure_reason"].split(":", 1)[0] for r in rows if r["status"] != "ok")
         if lost:  # the candidate table itself was unreadable: count what the render stage wrote
             rejections["unreadable_shard"] += lost
-        extra = {"images_kept": n_kept, "oracle_judged": len(judgements), "clip_model": self.cfg.filter.clip_model,
+        extra = {**(extra or {}), "images_kept": n_kept, "oracle_judged": len(judgements),
+                 "clip_model": self.cfg.filter.clip_model,
                  "device": str(self.clip.device), "score_seconds": round(timing["seconds"], 3),
-                 "images_per_s": round(timing["images"] / timing["seconds"], 2) if timing["seconds"] > 0 else 0.0}
+                 "images_per_s": round(timing["images"] / timing["seconds"], 2) if timing["seconds"] > 0 else 0.0,
+                 "bytes_written": sum(self.store.shard_path(STAGE, shard, p).stat().st_size for p in parts
+                                      if self.store.shard_path(STAGE, shard, p).exists())}
         if shard_error:
             extra["shard_error"] = shard_error
             log.error("filter shard %d: %s", shard, shard_error)
@@ -200,6 +245,59 @@ class Worker:
                            seconds=round(time.time() - t0, 3), rejections=dict(rejections), extra=extra)
         self.store.write_stats(stats)
         return stats
+
+
+class _ShardScoring:
+    """One filter shard being scored: candidates arrive one by one (from a render tar, or from the
+    render actor itself), are decoded and scored a chunk at a time, and the samples inside the keep
+    bound go to ``add_sample`` as soon as they are scored."""
+
+    def __init__(self, worker: Worker):
+        self.worker = worker
+        self.results: dict[str, tuple] = {}   # candidate_id -> (Scores | None, failure reason, images kept, ext)
+        self.judgements: list[dict] = []
+        self.timing = {"seconds": 0.0, "images": 0}
+        self.order: list[Candidate] = []      # every candidate, in shard order: the rows' order
+        self.pending: list[tuple[Candidate, dict]] = []
+        self.pending_ids: set[str] = set()
+        self.add_sample: Callable[[dict[str, bytes]], int] | None = None
+
+    def take(self, c: Candidate, sample: dict | None) -> None:
+        self.order.append(c)
+        if c.status == "stopped":   # its preview predicted failure (render.preview): not a render failure
+            self.results[c.candidate_id] = (None, c.failure_reason, False, c.image_format)
+            return
+        if c.status != "ok" or sample is None:
+            self.results[c.candidate_id] = (None, f"render_failed: {c.failure_reason or c.status}", False,
+                                            c.image_format)
+            return
+        self.pending.append((c, sample))
+        self.pending_ids.add(c.candidate_id)
+        if len(self.pending) >= self.worker.chunk:
+            self.flush()
+
+    __call__ = take
+
+    def flush(self) -> None:
+        for kept in self.worker._score_chunk(self.pending, self.results, self.judgements, self.timing):
+            self.add_sample(kept)
+        self.pending, self.pending_ids = [], set()
+
+    def scores_of(self, candidate_ids: list[str]) -> dict[str, dict[str, float] | None]:
+        """The four metrics of these candidates, scoring what is pending first; None: not scored."""
+        if self.pending:
+            self.flush()
+        out = {}
+        for cid in candidate_ids:
+            s = self.results.get(cid, (None,))[0]
+            out[cid] = None if s is None else {m: getattr(s, m) for m in ("sim_0", "sim_1", "sim_image", "sim_direction")}
+        return out
+
+    def n_kept(self) -> int:
+        return sum(1 for r in self.results.values() if r[2])
+
+    def rows(self) -> list[dict]:
+        return [self.worker._row(c, *self.results[c.candidate_id]) for c in self.order]
 
 
 def finalize(cfg: PipelineConfig, store: RunStore) -> dict:

@@ -38,8 +38,14 @@ def render_one_command(args: argparse.Namespace) -> int:
     if not store.is_done(STAGE, shard):
         print(f"shard {STAGE}-{shard:05d} not rendered yet: nothing to compare")
         return 0 if cand.status == "ok" else 1
-    stored = store.read_tar(STAGE, shard).get(cand.candidate_id, {})
+    # render.store=kept writes no render tar: the images stored are the filter shard's (keep bound only)
+    stage = STAGE if store.shard_path(STAGE, shard, "tar").exists() else "filter"
+    stored = store.read_tar(stage, shard).get(cand.candidate_id, {}) if store.is_done(stage, shard) else {}
+    if stage == "filter" and not stored and cand.status == "ok":
+        print(f"{cand.candidate_id} was not stored (outside the filter's keep bound, render.store=kept): "
+              "nothing to compare")
+        return 0
     same = all(stored.get(n) == data for n, data in rendered.images.items()) and (
         bool(stored) == bool(rendered.images))
-    print(f"{'identical to' if same else 'DIFFERENT from'} {store.shard_path(STAGE, shard, 'tar')}")
+    print(f"{'identical to' if same else 'DIFFERENT from'} {store.shard_path(stage, shard, 'tar')}")
     return 0 if same else 1

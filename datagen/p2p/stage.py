@@ -10,6 +10,11 @@ Reads ``captions/captions-<i>.parquet`` (Triple rows) and writes
 
 Both files are written chunk by chunk as candidates are rendered: an actor holds the images of
 one chunk (``render.resources.batch_size`` candidates), never those of a whole shard.
+
+With ``render.store=kept`` (the default) the actor also scores each chunk as it is rendered
+(datagen/run.py hands ``process_shard`` the filter stage's scorer): the tar is not written, the
+filter shard holds the scores of every candidate and the images of those inside the keep bound,
+each image written once. ``render.store=all`` also keeps every image in the render tar.
 """
 from __future__ import annotations
 
@@ -18,8 +23,9 @@ import json
 import logging
 import time
 from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, ContextManager, Iterator
 
 import pyarrow as pa
 
@@ -178,7 +184,12 @@ class Worker:
         for tmp in d.glob(f".{STAGE}-{shard:05d}.*.tmp") if d.exists() else []:
             tmp.unlink(missing_ok=True)
 
-    def process_shard(self, shard: int) -> ShardStats:
+    def process_shard(self, shard: int, scoring: Callable[[int], ContextManager[Callable]] | None = None
+                      ) -> ShardStats:
+        """Render shard ``shard``. With ``scoring`` (``render.store=kept``: the filter stage's
+        ``Worker.scoring``), each chunk is handed to it as it is rendered and no render tar is
+        written: the scorer stores the images worth keeping. Its shard is complete before this
+        shard's done marker is written."""
         t0 = time.perf_counter()
         self._clear_partial(shard)
         triples = read_triples(self.store, shard)
@@ -187,27 +198,53 @@ class Worker:
         ok = candidates = 0
         failures: dict[str, int] = {}
         not_rendered: dict[str, str] = {}       # triple id -> why it was not rendered
-        with self.store.tar_writer(STAGE, shard) as add_sample, \
-                self.store.table_writer(STAGE, shard, CANDIDATE_SCHEMA) as add_rows:
-            for rendered in render_shard(self.renderer, self.cfg, triples, counters):
+        store_all = scoring is None or self.cfg.render.store == "all"
+        progress: dict[str, TripleProgress] = {}
+        with (self.store.tar_writer(STAGE, shard) if store_all else nullcontext()) as add_sample, \
+                self.store.table_writer(STAGE, shard, CANDIDATE_SCHEMA) as add_rows, \
+                (scoring(shard) if scoring else nullcontext()) as score:
+
+            def take(rendered: list[RenderedCandidate]) -> dict[str, dict | None]:
+                """Store (and score) one rendered chunk; its candidates' scores when waves need them."""
+                nonlocal ok, candidates
                 for r in rendered:
                     if r.candidate.status == "ok":
-                        add_sample(sample_of(r))
+                        if add_sample:
+                            add_sample(sample_of(r))
                         ok += 1
                     else:
                         reason = r.candidate.failure_reason.split(" at step")[0]
+                        if r.candidate.status == "stopped":
+                            reason = reason.split(":")[0]   # stopped_by_preview
                         failures[reason] = failures.get(reason, 0) + 1
                         if r.candidate.failure_reason in NOT_RENDERED_REASONS:
                             not_rendered[r.candidate.triple_id] = r.candidate.failure_reason
+                    if score:
+                        score(r.candidate, r.images if r.candidate.status == "ok" else None)
                 add_rows([r.candidate.to_row() for r in rendered])
                 candidates += len(rendered)
-        written = sum(self.store.shard_path(STAGE, shard, part).stat().st_size for part in ("tar", "parquet"))
+                if score and self.cfg.render.waves is not None:
+                    return score.scores_of([r.candidate.candidate_id for r in rendered])
+                return {}
+
+            waves = self.cfg.render.waves is not None
+            for rendered in render_shard(self.renderer, self.cfg, triples, counters,
+                                         take if waves and score else None, progress):
+                if not waves:
+                    take(rendered)
+        written = sum(self.store.shard_path(STAGE, shard, part).stat().st_size for part in ("tar", "parquet")
+                      if self.store.shard_path(STAGE, shard, part).exists())
         extra = {name: round(v, 4) if isinstance(v, float) else v for name, v in vars(counters).items()}
         extra.update(triples=len(triples), truncated_captions=truncated,
                      triples_not_rendered=dict(Counter(not_rendered.values())), device=str(self.renderer.loaded.device),
                      dtype=str(self.renderer.loaded.dtype).replace("torch.", ""), model_id=self.cfg.render.model,
                      unet_row_saving=round(1 - counters.unet_rows / max(counters.unet_rows_unshared, 1), 4),
-                     bytes_written=written, peak_rss_mb=peak_rss_mb())
+                     bytes_written=written, peak_rss_mb=peak_rss_mb(), scored_inline=scoring is not None)
+        if self.cfg.render.waves is not None:
+            n_waves = total_waves(self.cfg.render.num_candidates, self.cfg.render.waves)
+            states = Counter(p.state(self.cfg.render.waves, n_waves) for p in progress.values())
+            extra.update(triples_enough=states["enough"], triples_hopeless=states["hopeless"],
+                         triples_all_waves=states["done"])
         stats = ShardStats(stage=STAGE, shard=shard, count_in=len(triples), count_out=ok,
                            seconds=round(time.perf_counter() - t0, 3), rejections=failures, extra=extra)
         self.store.write_stats(stats)
@@ -220,7 +257,10 @@ def finalize(cfg: PipelineConfig, store: RunStore) -> dict:
     """Run-level totals of the render stage (beside the store's summary.json)."""
     stats = store.read_stats(STAGE)
     total = {k: sum(s.extra.get(k, 0) for s in stats)
-             for k in ("candidates", "failed", "truncated_captions", "unet_rows", "unet_rows_unshared")}
+             for k in ("candidates", "failed", "truncated_captions", "unet_rows", "unet_rows_unshared",
+                       # issue 41's levers: rows spent, and saved by each (steps: editsynth plan)
+                       "previewed", "stopped", "unet_rows_saved_preview", "skipped", "unet_rows_saved_waves",
+                       "triples_enough", "triples_hopeless", "triples_all_waves")}
     total["unet_row_saving"] = round(1 - total["unet_rows"] / max(total["unet_rows_unshared"], 1), 4)
     not_rendered: Counter[str] = Counter()
     for s in stats:

@@ -9,9 +9,10 @@ from datagen.records import Triple, stable_id
 
 def render_config(model, **overrides) -> RenderConfig:
     """A render config small enough for 2 shared cores. CFG stays low: the random tiny UNet's
-    outputs are large, and float32 differences grow with the guidance scale."""
+    outputs are large, and float32 differences grow with the guidance scale. Stage 2 alone: every
+    image into the render tar (render.store=all); tests/test_run.py covers scoring as rendered."""
     base = dict(model=str(model), mode="self", num_candidates=4, steps=5, cfg_min=1.0, cfg_max=2.0,
-                candidates_per_seed=2, image_format="png",
+                candidates_per_seed=2, image_format="png", store="all",
                 resources=Resources(actors=1, num_cpus=1, num_gpus=0, batch_size=8))
     base.update(overrides)
     return RenderConfig(**base)
