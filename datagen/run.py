@@ -62,6 +62,11 @@ class RenderAndScore:
         return self.render.process_shard(shard, scoring=partial(self.filter.scoring, scored_inline=True))
 
 
+def preview_scorer(cfg: PipelineConfig, out: str | Path):
+    """The filter's CLIP scorer, to score previews outside a run (render-one)."""
+    return _make_worker(STAGE_MODULES["filter"], cfg, str(out)).scorer.score
+
+
 def scores_inline(stage: str, cfg: PipelineConfig) -> bool:
     """The render stage scores as it renders with render.store=kept, and whenever waves or previews
     need scores mid-shard (with render.store=all it then also writes every image to a render tar)."""
