@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from datagen.config import load_config
+from datagen.preview_calibration import preview_report
 from datagen.run import run_pipeline
 from datagen.store import RunStore
 
@@ -37,10 +38,14 @@ def test_calibrate_on_a_run_then_render_in_waves_with_the_rule(tmp_path, ray_loc
     rule = json.loads(rule_path.read_text())
     assert rule["calibration"]["recall"] >= 0.9 and rule["fraction"] == 0.5 and rule["steps"] == 6
     assert "preview_vs_final" in done.stdout
+    report = preview_report(calib.root)          # what the audit shows (report/audit.json: previews)
+    assert report["rule"]["measured_on"] == "this run" and report["rule"]["recall"] >= 0.9
+    assert -1 <= report["sim_direction"]["correlation"] <= 1
 
     fast = RunStore(tmp_path / "fast")
     run_pipeline(_fast(f"render.preview.rule={rule_path}", strict), fast.root, ["captions", "render", "filter"])
     assert json.loads((fast.root / "preview_rule.json").read_text()) == rule          # saved with the run
+    assert preview_report(fast.root)["rule"]["measured_on"] == "its calibration run"
     totals = json.loads((fast.root / "render" / "render-totals.json").read_text())
     started = sum(len(fast.read_table("render", s)) for s in (0, 1))
     assert totals["skipped"] == 4 * 6 - started and totals["unet_rows_saved_waves"] > 0

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from datagen.config import load_run_config
+from datagen.preview_calibration import preview_report
 from datagen.store import RunStore
 
 from .audit_rows import OFF, RowFigures, _r, sweep_values
@@ -236,6 +237,9 @@ def audit_run(run: str | Path, labels_path: str | Path | None = None, target_pre
             "keyword": audit.breakdown(scores["instruction"].map(instruction_keyword), correct_for_breakdown)},
         "labels": {name: audit.against_labels(lab, target_precision) for name, lab in sources.items()},
     }
+    previews = preview_report(run)       # render.preview: preview vs final scores, the stop rule's recall
+    if previews is not None:
+        numbers["previews"] = previews
     report = store.root / "report"
     report.mkdir(parents=True, exist_ok=True)
     if oracle_labels is not None:

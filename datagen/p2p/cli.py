@@ -34,12 +34,13 @@ def register(subparsers) -> None:
 def preview_rule_command(args: argparse.Namespace) -> int:
     from datagen.preview_rule import save_rule
 
-    from .calibration import calibrate, preview_report
+    from datagen.preview_calibration import calibrate, preview_report
 
     rule = calibrate(args.run, args.target_recall, args.kind, args.set)
     path = save_rule(rule, args.out or Path(args.run) / "report" / "preview_rule.json")
+    report = preview_report(args.run)
     print(json.dumps({"rule": str(path), "calibration": rule.calibration,
-                      "preview_vs_final": preview_report(args.run)}, indent=1))
+                      "preview_vs_final": report}, indent=1))
     print(f"use it with: --set render.preview.rule={path}")
     return 0
 

@@ -1,4 +1,4 @@
-"""Calibration rows of the preview stop rule, read from a stored run (``editsynth preview-rule``).
+"""The preview stop rule against a stored run: its calibration rows, and previews vs final scores.
 
 A calibration run renders with ``render.preview`` and no rule, so every candidate has a preview
 (render tables: ``preview_sim_*``) and final scores (filter score tables). Its label is "would be
@@ -52,26 +52,44 @@ def calibrate(run: str | Path, target_recall: float, kind: str = "logistic",
     return rule
 
 
-def preview_report(run: str | Path, rule: PreviewRule | None = None) -> dict:
-    """Preview vs final scores of a calibration run: per metric, the correlation and mean gap; with a
-    rule, its recall of the would-be-kept candidates and the share it stops."""
+def preview_report(run: str | Path) -> dict | None:
+    """Preview vs final scores of a run (None: no previews): per metric, the correlation and mean gap
+    over the candidates with both; how many were stopped; and the stop rule's recall of would-be-kept
+    candidates: measured here for a rule calibrated on this run (report/preview_rule.json), as
+    calibrated for the rule the run rendered with (its stopped candidates have no final scores)."""
+    from datagen.preview_rule import load_rule
+
     cfg = load_run_config(run)
+    if cfg.render.preview is None:
+        return None
     store = RunStore(run)
     pairs = {m: ([], []) for m in FEATURES}
+    stopped = previewed = 0
     for shard in sorted(set(store.done_shards("render")) & set(store.done_shards(SCORES_STAGE))):
         finals = {r["candidate_id"]: r for r in store.read_table(SCORES_STAGE, shard) if r["status"] == "ok"}
         for r in store.read_table("render", shard):
+            stopped += r["status"] == "stopped"
+            previewed += r.get("preview_sim_0") is not None
             f = finals.get(r["candidate_id"])
             if f is not None and r.get("preview_sim_0") is not None:
                 for m in FEATURES:
                     pairs[m][0].append(r[f"preview_{m}"])
                     pairs[m][1].append(f[m])
-    out = {"candidates": len(pairs[FEATURES[0]][0]), "preview_fraction": cfg.render.preview.fraction if cfg.render.preview else None}
+    out = {"preview_fraction": cfg.render.preview.fraction, "previewed": previewed, "stopped": stopped,
+           "with_final_scores": len(pairs[FEATURES[0]][0])}
     for m, (p, f) in pairs.items():
         if len(p) > 1:
             out[m] = {"correlation": round(float(np.corrcoef(p, f)[0, 1]), 4),
                       "mean_final_minus_preview": round(float(np.mean(np.subtract(f, p))), 4)}
-    if rule is not None and out["candidates"]:
+    rendered_with = Path(run) / "preview_rule.json"
+    calibrated_here = Path(run) / "report" / "preview_rule.json"
+    if rendered_with.exists():
+        rule = load_rule(rendered_with)
+        out["rule"] = {"file": str(rendered_with), "kind": rule.kind, "target_recall": rule.target_recall,
+                       "measured_on": "its calibration run", **rule.calibration}
+    elif calibrated_here.exists() and stopped == 0:
+        rule = load_rule(calibrated_here)
         x, kept, _ = calibration_rows(run)
-        out["rule"] = {"kind": rule.kind, "target_recall": rule.target_recall, **rule_metrics(rule, x, kept)}
+        out["rule"] = {"file": str(calibrated_here), "kind": rule.kind, "target_recall": rule.target_recall,
+                       "measured_on": "this run", **rule_metrics(rule, x, kept)}
     return out
