@@ -111,3 +111,29 @@ def test_previews_need_a_scorer(tmp_path, tiny_sd_dir):
     cfg, _ = make_run(tmp_path, tiny_sd_dir, [TRIPLES], preview=PreviewConfig())
     with pytest.raises(ValueError, match="no CLIP scorer"):
         Worker(cfg, str(tmp_path))
+
+
+def tiny_decoder(path, latent_channels: int = 4):
+    from diffusers import AutoencoderTiny
+
+    AutoencoderTiny(latent_channels=latent_channels, encoder_block_out_channels=(8, 8),
+                    decoder_block_out_channels=(8, 8), num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1)
+                    ).save_pretrained(path)
+    return str(path)
+
+
+def test_previews_can_be_decoded_by_a_tiny_autoencoder(tmp_path, tiny_sd_dir, clip_score):
+    decoder = tiny_decoder(tmp_path / "taesd")
+    (tmp_path / "run").mkdir()
+    cfg, store = make_run(tmp_path / "run", tiny_sd_dir, [TRIPLES[:1]], num_candidates=2, steps=3,
+                          preview=PreviewConfig(fraction=0.4, decoder=decoder))
+    stats = Worker(cfg, str(tmp_path / "run"), clip_score).process_shard(0)
+    assert stats.extra["previewed"] == 2
+    assert all(r["preview_sim_0"] is not None for r in store.read_table(STAGE, 0))
+
+
+def test_a_tiny_autoencoder_for_other_latents_is_refused(tmp_path, tiny_sd_dir, clip_score):
+    decoder = tiny_decoder(tmp_path / "taesd", latent_channels=8)
+    cfg, _ = make_run(tmp_path, tiny_sd_dir, [TRIPLES], preview=PreviewConfig(decoder=decoder))
+    with pytest.raises(ValueError, match="8-channel latents"):
+        Worker(cfg, str(tmp_path), clip_score)
