@@ -49,6 +49,7 @@ def calibrate(run: str | Path, target_recall: float, kind: str = "logistic",
     x, kept, settings = calibration_rows(run, overrides)
     rule = fit_rule(x, kept, target_recall, settings["fraction"], settings["steps"], kind, source=str(run))
     rule.calibration.update(rule_metrics(rule, x, kept))
+    rule.calibration["overrides"] = list(overrides)   # the labels' thresholds, to measure the rule again alike
     return rule
 
 
@@ -89,7 +90,7 @@ def preview_report(run: str | Path) -> dict | None:
                        "measured_on": "its calibration run", **rule.calibration}
     elif calibrated_here.exists() and stopped == 0:
         rule = load_rule(calibrated_here)
-        x, kept, _ = calibration_rows(run)
+        x, kept, _ = calibration_rows(run, rule.calibration.get("overrides", []))
         out["rule"] = {"file": str(calibrated_here), "kind": rule.kind, "target_recall": rule.target_recall,
                        "measured_on": "this run", **rule_metrics(rule, x, kept)}
     return out
