@@ -127,6 +127,30 @@ class CaptionsConfig(Section):
         return self
 
 
+class WavesConfig(Section):
+    """Render a triple's candidates in waves of ``size`` and stop early (issue 41): once ``k`` of its
+    candidates pass the filter's thresholds by ``margin`` its remaining waves are skipped (enough);
+    after ``m`` waves with no candidate within ``near`` of passing it is given up (hopeless).
+    Margins are added to (``near``: taken from) each of the filter's four thresholds."""
+
+    size: int = Field(4, ge=1)          # candidates of one triple per wave
+    k: int = Field(1, ge=1)             # enough: passes with margin before the triple stops
+    m: int = Field(2, ge=1)             # hopeless: waves with no candidate near passing
+    margin: float = Field(0.0, ge=0)    # a pass counts toward k only this far above every threshold
+    near: float = Field(0.02, ge=0)     # near passing: every metric within this of its threshold
+
+
+class PreviewConfig(Section):
+    """Previews (issue 41): after ``fraction`` of the steps, the x0 prediction of every live row is
+    decoded and scored with the filter's CLIP metrics; the stop rule (a JSON file written by
+    ``editsynth preview-rule``, calibrated on a stored run) stops the candidates it predicts to
+    fail. With no rule, previews are only recorded (what a calibration run needs)."""
+
+    fraction: float = Field(0.3, gt=0, lt=1)
+    decoder: str = "vae"    # "vae": the pipeline's own; else an AutoencoderTiny directory or hub id
+    rule: str = ""          # path of a calibrated stop rule; "": record previews, stop nothing
+
+
 class RenderConfig(Section):
     model: str = "shapes"        # hub id, local diffusers dir, or "shapes" (shipped tiny SD)
     mode: Literal["self", "cross", "none"] = "self"
@@ -153,6 +177,8 @@ class RenderConfig(Section):
     store: Literal["kept", "all"] = "kept"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"   # auto: fp16 on CUDA, fp32 on CPU
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    waves: WavesConfig | None = None              # None: every candidate is rendered (the paper)
+    preview: PreviewConfig | None = None          # None: no previews, nothing stopped mid-denoising
     resources: Resources = Resources()            # batch_size = candidates per sampling loop
 
     @model_validator(mode="after")

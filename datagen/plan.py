@@ -37,6 +37,7 @@ class Plan:
     candidates: int
     gpus: int
     unet_rows: int
+    unet_rows_at_most: bool             # waves / previews stop candidates early: the figure is a bound
     unet_flops: float | None
     render_gpu_hours: float | None
     render_wall_hours: float | None
@@ -66,6 +67,19 @@ def plan(cfg: PipelineConfig, name: str, gpus: int | None = None) -> Plan:
     rows = 4 * r.steps * candidates
     notes.append(f"UNet rows = 4 (source and edited branch, each with its CFG pair) x {r.steps} steps x candidates"
                  + ("; an upper bound: candidates_per_seed > 1 shares rows" if r.candidates_per_seed > 1 else ""))
+    levers = []
+    if r.waves is not None:
+        w = r.waves
+        levers.append(f"waves of {w.size} candidates stop a triple once {w.k} pass by {w.margin} (enough) or after "
+                      f"{w.m} waves with none within {w.near} of passing (hopeless)")
+    if r.preview is not None:
+        levers.append(f"previews at {r.preview.fraction} of the steps ({r.preview.decoder} decoder) stop the candidates "
+                      + (f"the rule {r.preview.rule} predicts to fail" if r.preview.rule
+                         else "of no rule yet: they are only recorded (calibrate one: editsynth preview-rule)"))
+    if levers:
+        notes.append("UNet rows are the most this can take (every candidate to the end): " + "; ".join(levers)
+                     + ". What they save depends on the scores; the render stats count it per shard "
+                       "(unet_rows_saved_waves, unet_rows_saved_preview)")
     height, width = r.height or 512, r.width or 512
     sd_size = r.model != "shapes"
     flops = render_h = render_wall = unit_minutes = None
@@ -115,8 +129,9 @@ def plan(cfg: PipelineConfig, name: str, gpus: int | None = None) -> Plan:
     notes.append(f"scores: {SCORE_BYTES_PER_ROW} bytes per candidate row (bench/scale.py's tables)")
     notes.append(f"export: at most {f.max_pairs_per_triple} pairs per triple")
     return Plan(
-        pipeline=name, triples=triples, captions_wall_hours=captions_wall, candidates_per_triple=r.num_candidates, candidates=candidates, gpus=gpus,
-        unet_rows=rows, unet_flops=flops, render_gpu_hours=render_h, render_wall_hours=render_wall,
+        pipeline=name, triples=triples, captions_wall_hours=captions_wall, candidates_per_triple=r.num_candidates,
+        candidates=candidates, gpus=gpus, unet_rows=rows, unet_rows_at_most=bool(levers), unet_flops=flops,
+        render_gpu_hours=render_h, render_wall_hours=render_wall,
         units=-(-triples // cfg.captions.shard_size), render_unit_gpu_minutes=unit_minutes,
         filter_clip_images=clip_images, filter_gpu_hours=filter_h, filter_wall_hours=filter_wall,
         scores_bytes=candidates * SCORE_BYTES_PER_ROW,
@@ -144,7 +159,7 @@ def format_plan(p: Plan) -> str:
         f"pipeline {p.pipeline}: {p.triples:,} triples x {p.candidates_per_triple} candidates "
         f"= {p.candidates:,} candidates",
         f"captions: wall {_hours(p.captions_wall_hours)} (LLM-bound, before rendering starts)",
-        f"render:  {p.unet_rows:,} UNet forward passes (rows), {flops} FLOPs; "
+        f"render:  {'at most ' if p.unet_rows_at_most else ''}{p.unet_rows:,} UNet forward passes (rows), {flops} FLOPs; "
         f"{_hours(p.render_gpu_hours, 'GPU-hours')}, wall {_hours(p.render_wall_hours)} on {p.gpus} GPU(s)",
         f"units:   {p.units:,} work units of {p.triples // max(p.units, 1):,} triple(s) each per stage; a render unit "
         f"is {'not projected' if p.render_unit_gpu_minutes is None else f'{p.render_unit_gpu_minutes:,.1f} GPU-minutes'}"

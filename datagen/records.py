@@ -96,9 +96,14 @@ class Candidate(Record):
     instruction: str
     output_caption: str
     edit_kind: str = ""
-    status: str = "ok"
+    status: str = "ok"           # ok | failed | stopped (its preview predicted failure: render.preview)
     failure_reason: str = ""
     image_format: str = "png"
+    # The four CLIP metrics of its preview (x0 prediction part-way, render.preview); None: no preview.
+    preview_sim_0: float | None = None
+    preview_sim_1: float | None = None
+    preview_sim_image: float | None = None
+    preview_sim_direction: float | None = None
 
     IMAGE_KEYS: ClassVar[tuple[str, str]] = ("input", "edited")
 

@@ -53,15 +53,25 @@ class RenderAndScore:
     chunk to the filter worker's scorer, so images outside the keep bound are never stored."""
 
     def __init__(self, cfg: PipelineConfig, out: str):
-        self.render = _make_worker(STAGE_MODULES["render"], cfg, out)
         self.filter = _make_worker(STAGE_MODULES["filter"], cfg, out)
+        # Previews (render.preview) are scored with the filter's CLIP too.
+        render = importlib.import_module(STAGE_MODULES["render"])
+        self.render = render.Worker(cfg, out, preview_scorer=self.filter.scorer.score)
 
     def process_shard(self, shard: int):
         return self.render.process_shard(shard, scoring=partial(self.filter.scoring, scored_inline=True))
 
 
+def preview_scorer(cfg: PipelineConfig, out: str | Path):
+    """The filter's CLIP scorer, to score previews outside a run (render-one)."""
+    return _make_worker(STAGE_MODULES["filter"], cfg, str(out)).scorer.score
+
+
 def scores_inline(stage: str, cfg: PipelineConfig) -> bool:
-    return stage == "render" and cfg.render.store == "kept"
+    """The render stage scores as it renders with render.store=kept, and whenever waves or previews
+    need scores mid-shard (with render.store=all it then also writes every image to a render tar)."""
+    r = cfg.render
+    return stage == "render" and (r.store == "kept" or r.waves is not None or r.preview is not None)
 
 
 def run_stage(stage: str, cfg: PipelineConfig, out: str | Path, overwrite: bool = False) -> dict:

@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 
 from datagen.config import load_run_config
+from datagen.preview_calibration import preview_report
 from datagen.store import RunStore
 
 from .audit_rows import OFF, RowFigures, _r, sweep_values
@@ -235,6 +236,9 @@ def audit_run(run: str | Path, labels_path: str | Path | None = None, target_pre
             "keyword": audit.breakdown(scores["instruction"].map(instruction_keyword), correct_for_breakdown)},
         "labels": {name: audit.against_labels(lab, target_precision) for name, lab in sources.items()},
     }
+    previews = preview_report(run)       # render.preview: preview vs final scores, the stop rule's recall
+    if previews is not None:
+        numbers["previews"] = previews
     if oracle_labels is not None:
         judged = read_oracle(store)
         values = oracle_summary(scores, judged, audit.selected)

@@ -158,17 +158,19 @@ class Worker:
                 yield {"__key__": c.candidate_id, f"input.{ext}": b_in, f"edited.{ext}": b_out}
 
     @contextmanager
-    def scoring(self, shard: int, scored_inline: bool = False) -> Iterator[Callable[[Candidate, dict | None], None]]:
-        """Score filter shard ``shard`` as its candidates arrive: yields ``take(candidate, sample)``,
-        where ``sample`` is the candidate's ``{"input.<ext>": bytes, "edited.<ext>": bytes}`` (None
-        for a candidate that failed in render). The images inside the keep bound are streamed into
-        the filter tar; when the block ends the scores, the oracle's judgements and the stats (last)
-        are written. The render stage calls this to score inline (``render.store=kept``)."""
+    def scoring(self, shard: int, scored_inline: bool = False) -> Iterator["_ShardScoring"]:
+        """Score filter shard ``shard`` as its candidates arrive: yields ``take``, called as
+        ``take(candidate, sample)``, where ``sample`` is the candidate's ``{"input.<ext>": bytes,
+        "edited.<ext>": bytes}`` (None for a candidate that failed in render); ``take.scores_of(ids)``
+        scores what is pending and returns those candidates' metrics (render.waves needs them). The
+        images inside the keep bound are streamed into the filter tar; when the block ends the scores,
+        the oracle's judgements and the stats (last) are written. The render stage calls this to score
+        inline (``render.store=kept``)."""
         t0 = time.time()
         scoring = _ShardScoring(self)
         with self.store.tar_writer(STAGE, shard) as add_sample:
             scoring.add_sample = add_sample
-            yield scoring.take
+            yield scoring
             scoring.flush()
         rows = scoring.rows()
         self._finish(shard, rows, scoring.judgements, scoring.n_kept(), t0, scoring.timing,
@@ -262,6 +264,9 @@ class _ShardScoring:
 
     def take(self, c: Candidate, sample: dict | None) -> None:
         self.order.append(c)
+        if c.status == "stopped":   # its preview predicted failure (render.preview): not a render failure
+            self.results[c.candidate_id] = (None, c.failure_reason, False, c.image_format)
+            return
         if c.status != "ok" or sample is None:
             self.results[c.candidate_id] = (None, f"render_failed: {c.failure_reason or c.status}", False,
                                             c.image_format)
@@ -271,10 +276,22 @@ class _ShardScoring:
         if len(self.pending) >= self.worker.chunk:
             self.flush()
 
+    __call__ = take
+
     def flush(self) -> None:
         for kept in self.worker._score_chunk(self.pending, self.results, self.judgements, self.timing):
             self.add_sample(kept)
         self.pending, self.pending_ids = [], set()
+
+    def scores_of(self, candidate_ids: list[str]) -> dict[str, dict[str, float] | None]:
+        """The four metrics of these candidates, scoring what is pending first; None: not scored."""
+        if self.pending:
+            self.flush()
+        out = {}
+        for cid in candidate_ids:
+            s = self.results.get(cid, (None,))[0]
+            out[cid] = None if s is None else {m: getattr(s, m) for m in ("sim_0", "sim_1", "sim_image", "sim_direction")}
+        return out
 
     def n_kept(self) -> int:
         return sum(1 for r in self.results.values() if r[2])

@@ -17,18 +17,50 @@ def register(subparsers) -> None:
                    help="output prefix: writes OUT.input.<ext>, OUT.edited.<ext> and OUT.json (default: ./<candidate>)")
     p.set_defaults(func=render_one_command)
 
+    p = subparsers.add_parser(
+        "preview-rule", help="calibrate the preview stop rule (render.preview.rule) on a stored run",
+        description="From a run rendered with render.preview and no rule (every candidate previewed and finished), "
+                    "fit the rule that stops candidates whose preview predicts failure, keeping --target-recall of "
+                    "the candidates that pass the filter. Writes the rule's JSON and prints preview vs final scores.")
+    p.add_argument("--run", required=True, help="the calibration run folder")
+    p.add_argument("--target-recall", type=float, default=0.95, help="share of would-be-kept candidates to let through")
+    p.add_argument("--kind", choices=("logistic", "threshold"), default="logistic")
+    p.add_argument("--out", default=None, help="rule JSON (default: RUN/report/preview_rule.json)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override the run's config first, e.g. the filter thresholds the label uses")
+    p.set_defaults(func=preview_rule_command)
+
+
+def preview_rule_command(args: argparse.Namespace) -> int:
+    from datagen.preview_rule import save_rule
+
+    from datagen.preview_calibration import calibrate, preview_report
+
+    rule = calibrate(args.run, args.target_recall, args.kind, args.set)
+    path = save_rule(rule, args.out or Path(args.run) / "report" / "preview_rule.json")
+    report = preview_report(args.run)
+    print(json.dumps({"rule": str(path), "calibration": rule.calibration,
+                      "preview_vs_final": report}, indent=1))
+    print(f"use it with: --set render.preview.rule={path}")
+    return 0
+
 
 def render_one_command(args: argparse.Namespace) -> int:
     from datagen.store import RunStore
 
+    from datagen.config import load_run_config
+    from datagen.run import preview_scorer
+
     from .stage import STAGE, render_one
 
-    shard, rendered = render_one(args.run, args.candidate)
+    cfg = load_run_config(args.run)
+    shard, rendered = render_one(args.run, args.candidate,
+                                 preview_scorer=preview_scorer(cfg, args.run) if cfg.render.preview else None)
     cand = rendered.candidate
     prefix = Path(args.out or cand.candidate_id)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{prefix}.json").write_text(json.dumps(cand.to_row(), indent=1, sort_keys=True))
-    for name, data in rendered.images.items():
+    for name, data in {**rendered.images, **rendered.preview_images}.items():
         Path(f"{prefix}.{name}").write_bytes(data)
     if cand.status != "ok":
         print(f"{cand.candidate_id}: failed: {cand.failure_reason}")

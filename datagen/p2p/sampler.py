@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
@@ -68,6 +69,8 @@ class SampleResult:
     unet_calls: int = 0
     unet_rows: int = 0                         # rows through the UNet, CFG halves counted
     unet_seconds: float = 0.0
+    stopped: dict[int, str] = field(default_factory=dict)    # candidate -> why its preview stopped it
+    unet_rows_saved_preview: int = 0           # rows the stopped lanes would have run to the end
 
 
 def _sync(device: torch.device) -> None:
@@ -77,11 +80,18 @@ def _sync(device: torch.device) -> None:
 
 @torch.no_grad()
 def sample(unet, scheduler, control: AttentionControl, candidates: list[CandidatePlan], text: TextTable,
-           rules: SharingRules, steps: int, latent_shape: tuple[int, int, int]) -> SampleResult:
+           rules: SharingRules, steps: int, latent_shape: tuple[int, int, int], preview_step: int = 0,
+           on_preview: Callable[[torch.Tensor, torch.Tensor, list[int]], dict[int, str]] | None = None
+           ) -> SampleResult:
     """Run ``steps`` of ``scheduler`` for every candidate's source and edited branch.
 
     A candidate's ``self_steps``/``cross_steps`` count UNet evaluations (``scheduler.timesteps``),
     which are the steps for one-evaluation samplers such as Euler ancestral.
+
+    With ``preview_step`` > 0, after that many evaluations ``on_preview(x0 of the source rows, x0 of
+    the edited rows, live candidates)`` sees the scheduler's prediction of the final latents and
+    returns the candidates to stop (-> reason): their rows, and source rows left with no live
+    candidate, leave the lanes. Everything before the preview is computed exactly as without it.
     """
     device, dtype = unet.device, unet.dtype
     n = len(candidates)
@@ -100,27 +110,15 @@ def sample(unet, scheduler, control: AttentionControl, candidates: list[Candidat
     latents = latents * scheduler.init_noise_sigma
     alive = [True] * rows
     failures: dict[int, str] = {}
-    calls = unet_rows = 0
+    calls = unet_rows = rows_saved_preview = 0
+    stopped: dict[int, str] = {}
     unet_seconds = 0.0
     groups: dict[tuple, int] = {}
     step_args = step_kwargs(scheduler, generators)
 
+    evaluations = len(scheduler.timesteps)
     for i, t in enumerate(scheduler.timesteps):
-        # Lanes: live source rows, then one representative edited row per identical group.
-        lanes = [r for r in range(n_src) if alive[r]]
-        lane_of = {r: j for j, r in enumerate(lanes)}
-        groups = {}
-        edited_lane = {}
-        for c, cand in enumerate(candidates):
-            if not alive[n_src + c]:
-                continue
-            key = (source_of[c], cand.edited_text, cand.alignment,
-                   min(cand.self_steps, i + 1), min(cand.cross_steps, i + 1))
-            if key not in groups:
-                groups[key] = c
-                lanes.append(n_src + c)
-                lane_of[n_src + c] = len(lanes) - 1
-            edited_lane[c] = lane_of[n_src + groups[key]]
+        lanes, lane_of, groups, edited_lane = _lanes(candidates, source_of, alive, n_src, i)
         if not lanes:
             break
         plan = _plan(candidates, lanes, lane_of, source_of, n_src, i, text, rules, device)
@@ -155,7 +153,23 @@ def sample(unet, scheduler, control: AttentionControl, candidates: list[Candidat
             row_lane[n_src + c], live[n_src + c] = j, True
         live_d = live.to(device)
         eps_rows = torch.where(live_d.view(-1, 1, 1, 1), guided[row_lane.to(device)], torch.zeros_like(latents))
-        latents = scheduler.step(eps_rows, t, latents, **step_args).prev_sample.float()
+        out = scheduler.step(eps_rows, t, latents, **step_args)
+        latents = out.prev_sample.float()
+        if i + 1 == preview_step:
+            x0 = getattr(out, "pred_original_sample", None)
+            if x0 is None:
+                raise ValueError(f"{type(scheduler).__name__} does not predict x0 (pred_original_sample): "
+                                 "render.preview needs a scheduler that does, e.g. EulerAncestralDiscreteScheduler")
+            live_candidates = [c for c in range(n) if alive[n_src + c]]
+            stop = on_preview(x0[:n_src].float(), x0[n_src:].float(), live_candidates) if live_candidates else {}
+            before = len(_lanes(candidates, source_of, alive, n_src, i + 1)[0])
+            for c, reason in stop.items():
+                alive[n_src + c] = False
+                stopped[c] = reason
+            for r in range(n_src):   # a source row with no live candidate has nothing left to share
+                alive[r] = alive[r] and any(alive[n_src + c] for c in range(n) if source_of[c] == r)
+            after = len(_lanes(candidates, source_of, alive, n_src, i + 1)[0])
+            rows_saved_preview = 2 * (before - after) * (evaluations - i - 1)
 
         finite = torch.isfinite(latents).flatten(1).all(dim=1).cpu()
         for r in range(rows):
@@ -170,7 +184,28 @@ def sample(unet, scheduler, control: AttentionControl, candidates: list[Candidat
     twins = [groups.get((source_of[c], cand.edited_text, cand.alignment,
                          min(cand.self_steps, last), min(cand.cross_steps, last)), c)
              if alive[n_src + c] else c for c, cand in enumerate(candidates)]
-    return SampleResult(latents[:n_src], latents[n_src:], source_of, twins, failures, calls, unet_rows, unet_seconds)
+    return SampleResult(latents[:n_src], latents[n_src:], source_of, twins, failures, calls, unet_rows, unet_seconds,
+                        stopped, rows_saved_preview)
+
+
+def _lanes(candidates: list[CandidatePlan], source_of: list[int], alive: list[bool], n_src: int, step: int):
+    """Lanes of evaluation ``step``: live source rows, then one representative edited row per group
+    of live edited rows that are still identical. (lanes, lane of a row, groups, edited candidate -> lane)."""
+    lanes = [r for r in range(n_src) if alive[r]]
+    lane_of = {r: j for j, r in enumerate(lanes)}
+    groups: dict[tuple, int] = {}
+    edited_lane = {}
+    for c, cand in enumerate(candidates):
+        if not alive[n_src + c]:
+            continue
+        key = (source_of[c], cand.edited_text, cand.alignment,
+               min(cand.self_steps, step + 1), min(cand.cross_steps, step + 1))
+        if key not in groups:
+            groups[key] = c
+            lanes.append(n_src + c)
+            lane_of[n_src + c] = len(lanes) - 1
+        edited_lane[c] = lane_of[n_src + groups[key]]
+    return lanes, lane_of, groups, edited_lane
 
 
 def _fail(row: int, step: int, n_src: int, source_of: list[int], alive: list[bool], failures: dict[int, str]) -> None:

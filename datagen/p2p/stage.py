@@ -30,13 +30,15 @@ from typing import Callable, ContextManager, Iterator
 import pyarrow as pa
 
 from datagen.config import PipelineConfig, load_run_config
+from datagen.preview_rule import PreviewRule, load_rule, save_rule
 from datagen.records import Candidate, ShardStats, Triple
 from datagen.store import RunStore
+from datagen.waves import TripleProgress, after_wave, total_waves, wave_of
 
 from .caption_guard import REASONS as NOT_RENDERED_REASONS
 from .loading import load_pipeline
-from .render import CandidateRenderer, RenderCounters, RenderedCandidate
-from .specs import chunk, shard_specs
+from .render import CandidateRenderer, PreviewScorer, RenderCounters, RenderedCandidate
+from .specs import chunk, draw_spec, shard_specs
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,7 @@ STAGE = "render"
 INPUT_STAGE = "captions"
 
 # Explicit, so that a shard whose candidates all failed or that has no triples still has columns.
-_ARROW = {"str": pa.string(), "int": pa.int64(), "float": pa.float64()}
+_ARROW = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "float | None": pa.float64()}
 CANDIDATE_SCHEMA = pa.schema([(f.name, _ARROW[f.type]) for f in dataclasses.fields(Candidate)])
 
 
@@ -65,19 +67,94 @@ def set_cpu_threads(cfg: PipelineConfig, device) -> None:
         torch.set_num_threads(max(1, int(cfg.render.resources.num_cpus)))
 
 
-def build_renderer(cfg: PipelineConfig) -> CandidateRenderer:
+PREVIEW_RULE_FILE = "preview_rule.json"   # <run>/preview_rule.json: the stop rule the run renders with
+
+
+def run_preview_rule(cfg: PipelineConfig, run: str | Path) -> PreviewRule | None:
+    """The run's preview stop rule: the one saved in the run folder, saved there from
+    ``render.preview.rule`` on first use, so that render-one and a resumed run use the same."""
+    pv = cfg.render.preview
+    saved = Path(run) / PREVIEW_RULE_FILE
+    if pv is None or not pv.rule:
+        if saved.exists():
+            raise ValueError(f"{saved}: this run rendered with a preview stop rule, but render.preview.rule is not set")
+        return None
+    rule = load_rule(pv.rule)
+    if saved.exists():
+        if load_rule(saved) != rule:
+            raise ValueError(f"render.preview.rule {pv.rule} differs from the rule this run rendered with ({saved}): "
+                             "a run keeps one rule; start a new run (or --overwrite) to use another")
+        return rule
+    save_rule(rule, saved)
+    return rule
+
+
+def build_renderer(cfg: PipelineConfig, preview_scorer: PreviewScorer | None = None,
+                   preview_rule: PreviewRule | None = None) -> CandidateRenderer:
     rc = cfg.render
     loaded = load_pipeline(rc.model, rc.scheduler, rc.device, rc.dtype)
     set_cpu_threads(cfg, loaded.device)
-    return CandidateRenderer(loaded, rc)
+    return CandidateRenderer(loaded, rc, preview_scorer, preview_rule)
+
+
+# Scores of a rendered chunk's candidates (candidate id -> the four metrics; None: not scored), given
+# by whoever scores inline: the waves need them right after each chunk.
+ChunkScores = Callable[[list[RenderedCandidate]], dict[str, dict[str, float] | None]]
 
 
 def render_shard(renderer: CandidateRenderer, cfg: PipelineConfig, triples: list[Triple],
-                 counters: RenderCounters) -> Iterator[list[RenderedCandidate]]:
-    """Every candidate of the triples, one chunk at a time, in shard order."""
+                 counters: RenderCounters, score_chunk: ChunkScores | None = None,
+                 progress: dict[str, TripleProgress] | None = None) -> Iterator[list[RenderedCandidate]]:
+    """Every candidate of the triples, one chunk at a time, in shard order; with ``render.waves``,
+    wave by wave (``wave_chunks``), skipping the triples that are enough or hopeless (``progress``)."""
     by_id = {t.triple_id: t for t in triples}
-    for specs in chunk(shard_specs(cfg.seed, triples, cfg.render), cfg.render.resources.batch_size):
-        yield renderer.render_chunk(by_id, specs, counters)
+    if cfg.render.waves is None:
+        for specs in chunk(shard_specs(cfg.seed, triples, cfg.render), cfg.render.resources.batch_size):
+            yield renderer.render_chunk(by_id, specs, counters)
+        return
+    if score_chunk is None:
+        raise ValueError("render.waves needs each candidate's scores as it is rendered: the render stage must "
+                         "score inline (render.store=kept)")
+    w, rc = cfg.render.waves, cfg.render
+    n_waves = total_waves(rc.num_candidates, w)
+    progress = progress if progress is not None else {}
+    for t in triples:
+        progress.setdefault(t.triple_id, TripleProgress())
+    for wave in range(n_waves):
+        open_triples = [t for t in triples if progress[t.triple_id].state(w, n_waves) == "open"]
+        wave_scores: dict[str, list] = {t.triple_id: [] for t in open_triples}
+        for specs in wave_chunks(cfg, open_triples, wave):
+            rendered = renderer.render_chunk(by_id, specs, counters)
+            scores = score_chunk(rendered)
+            for r in rendered:
+                wave_scores[r.candidate.triple_id].append(scores.get(r.candidate.candidate_id))
+            yield rendered
+        for t in open_triples:
+            progress[t.triple_id] = after_wave(progress[t.triple_id], wave_scores[t.triple_id], cfg.filter, w)
+    evaluations = rows_per_candidate(renderer, cfg)
+    for p in progress.values():
+        counters.skipped += rc.num_candidates - p.candidates
+        counters.unet_rows_saved_waves += (rc.num_candidates - p.candidates) * evaluations
+
+
+def wave_specs(cfg: PipelineConfig, triples: list[Triple], wave: int) -> list:
+    """The candidates of wave ``wave`` of these triples, in triple then index order."""
+    rc = cfg.render
+    first = wave * rc.waves.size
+    return [draw_spec(cfg.seed, t.triple_id, i, rc) for t in triples
+            for i in range(first, min(first + rc.waves.size, rc.num_candidates))]
+
+
+def wave_chunks(cfg: PipelineConfig, triples: list[Triple], wave: int) -> list[list]:
+    """A wave's chunks: its candidates of the triples still open, ``batch_size`` at a time."""
+    return chunk(wave_specs(cfg, triples, wave), cfg.render.resources.batch_size)
+
+
+def rows_per_candidate(renderer: CandidateRenderer, cfg: PipelineConfig) -> int:
+    """UNet rows of one candidate rendered alone: two branches x two CFG halves x evaluations."""
+    scheduler = type(renderer.loaded.pipe.scheduler).from_config(renderer.loaded.pipe.scheduler.config)
+    scheduler.set_timesteps(cfg.render.steps)
+    return 4 * len(scheduler.timesteps)
 
 
 def peak_rss_mb() -> float:
@@ -97,9 +174,9 @@ def sample_of(r: RenderedCandidate) -> dict[str, bytes]:
 class Worker:
     """One per Ray actor: loads the pipeline once, then renders shards."""
 
-    def __init__(self, cfg: PipelineConfig, out: str):
+    def __init__(self, cfg: PipelineConfig, out: str, preview_scorer: PreviewScorer | None = None):
         self.cfg, self.store = cfg, RunStore(out)
-        self.renderer = build_renderer(cfg)
+        self.renderer = build_renderer(cfg, preview_scorer, run_preview_rule(cfg, out))
 
     def _clear_partial(self, shard: int) -> None:
         """Remove temp files a killed run left for this shard (atomic writes never finished).
@@ -125,10 +202,14 @@ class Worker:
         failures: dict[str, int] = {}
         not_rendered: dict[str, str] = {}       # triple id -> why it was not rendered
         store_all = scoring is None or self.cfg.render.store == "all"
+        progress: dict[str, TripleProgress] = {}
         with (self.store.tar_writer(STAGE, shard) if store_all else nullcontext()) as add_sample, \
                 self.store.table_writer(STAGE, shard, CANDIDATE_SCHEMA) as add_rows, \
                 (scoring(shard) if scoring else nullcontext()) as score:
-            for rendered in render_shard(self.renderer, self.cfg, triples, counters):
+
+            def take(rendered: list[RenderedCandidate]) -> dict[str, dict | None]:
+                """Store (and score) one rendered chunk; its candidates' scores when waves need them."""
+                nonlocal ok, candidates
                 for r in rendered:
                     if r.candidate.status == "ok":
                         if add_sample:
@@ -136,6 +217,8 @@ class Worker:
                         ok += 1
                     else:
                         reason = r.candidate.failure_reason.split(" at step")[0]
+                        if r.candidate.status == "stopped":
+                            reason = reason.split(":")[0]   # stopped_by_preview
                         failures[reason] = failures.get(reason, 0) + 1
                         if r.candidate.failure_reason in NOT_RENDERED_REASONS:
                             not_rendered[r.candidate.triple_id] = r.candidate.failure_reason
@@ -143,6 +226,15 @@ class Worker:
                         score(r.candidate, r.images if r.candidate.status == "ok" else None)
                 add_rows([r.candidate.to_row() for r in rendered])
                 candidates += len(rendered)
+                if score and self.cfg.render.waves is not None:
+                    return score.scores_of([r.candidate.candidate_id for r in rendered])
+                return {}
+
+            waves = self.cfg.render.waves is not None
+            for rendered in render_shard(self.renderer, self.cfg, triples, counters,
+                                         take if waves and score else None, progress):
+                if not waves:
+                    take(rendered)
         written = sum(self.store.size(name) for part in ("tar", "parquet")
                       if self.store.exists(name := self.store.shard_name(STAGE, shard, part)))
         extra = {name: round(v, 4) if isinstance(v, float) else v for name, v in vars(counters).items()}
@@ -151,6 +243,11 @@ class Worker:
                      dtype=str(self.renderer.loaded.dtype).replace("torch.", ""), model_id=self.cfg.render.model,
                      unet_row_saving=round(1 - counters.unet_rows / max(counters.unet_rows_unshared, 1), 4),
                      bytes_written=written, peak_rss_mb=peak_rss_mb(), scored_inline=scoring is not None)
+        if self.cfg.render.waves is not None:
+            n_waves = total_waves(self.cfg.render.num_candidates, self.cfg.render.waves)
+            states = Counter(p.state(self.cfg.render.waves, n_waves) for p in progress.values())
+            extra.update(triples_enough=states["enough"], triples_hopeless=states["hopeless"],
+                         triples_all_waves=states["done"])
         stats = ShardStats(stage=STAGE, shard=shard, count_in=len(triples), count_out=ok,
                            seconds=round(time.perf_counter() - t0, 3), rejections=failures, extra=extra)
         self.store.write_stats(stats)
@@ -163,7 +260,10 @@ def finalize(cfg: PipelineConfig, store: RunStore) -> dict:
     """Run-level totals of the render stage (beside the store's summary.json)."""
     stats = store.read_stats(STAGE)
     total = {k: sum(s.extra.get(k, 0) for s in stats)
-             for k in ("candidates", "failed", "truncated_captions", "unet_rows", "unet_rows_unshared")}
+             for k in ("candidates", "failed", "truncated_captions", "unet_rows", "unet_rows_unshared",
+                       # issue 41's levers: rows spent, and saved by each (steps: editsynth plan)
+                       "previewed", "stopped", "unet_rows_saved_preview", "skipped", "unet_rows_saved_waves",
+                       "triples_enough", "triples_hopeless", "triples_all_waves")}
     total["unet_row_saving"] = round(1 - total["unet_rows"] / max(total["unet_rows_unshared"], 1), 4)
     not_rendered: Counter[str] = Counter()
     for s in stats:
@@ -184,14 +284,38 @@ def find_candidate(cfg: PipelineConfig, store: RunStore, candidate: str) -> tupl
     for shard in store.done_shards(INPUT_STAGE):
         triples = read_triples(store, shard)
         if any(t.triple_id == triple_id for t in triples):
-            for specs in chunk(shard_specs(cfg.seed, triples, cfg.render), cfg.render.resources.batch_size):
+            if cfg.render.waves is None:
+                chunks = chunk(shard_specs(cfg.seed, triples, cfg.render), cfg.render.resources.batch_size)
+            else:
+                chunks = wave_chunks(cfg, started_triples(store, shard, triples, cfg, candidate), wave_of(index, cfg.render.waves))
+            for specs in chunks:
                 if any(s.candidate_id == candidate for s in specs):
                     return shard, triples, specs
     raise ValueError(f"candidate {candidate}: triple {triple_id} is in no done captions shard of {store.location}")
 
 
-def render_one(run: str | Path, candidate: str, renderer: CandidateRenderer | None = None
-               ) -> tuple[int, RenderedCandidate]:
+def started_triples(store: RunStore, shard: int, triples: list[Triple], cfg: PipelineConfig,
+                    candidate: str) -> list[Triple]:
+    """Rendered in waves: the triples whose wave of ``candidate`` was started (the render table has
+    a row for each candidate started), which made up that wave's chunks."""
+    from datagen.records import candidate_id
+
+    from .specs import parse_candidate_id
+
+    if not store.is_done(STAGE, shard):
+        raise ValueError(f"candidate {candidate}: rendered in waves, its chunk is known only from the done render "
+                         f"shard {shard}, which is not done yet")
+    started = {r["candidate_id"] for r in store.read_table(STAGE, shard)}
+    if candidate not in started:
+        raise ValueError(f"candidate {candidate} was never rendered: its triple was enough or hopeless before its "
+                         f"wave (render.waves)")
+    w = cfg.render.waves
+    first = wave_of(parse_candidate_id(candidate)[1], w) * w.size
+    return [t for t in triples if candidate_id(t.triple_id, first) in started]
+
+
+def render_one(run: str | Path, candidate: str, renderer: CandidateRenderer | None = None,
+               preview_scorer: PreviewScorer | None = None) -> tuple[int, RenderedCandidate]:
     """Re-render one candidate of a run: (its shard, the candidate with its images).
 
     The candidate's whole chunk is rendered again, as in the run, because batch composition
@@ -200,7 +324,7 @@ def render_one(run: str | Path, candidate: str, renderer: CandidateRenderer | No
     cfg = load_run_config(run)
     store = RunStore(run)
     shard, triples, specs = find_candidate(cfg, store, candidate)
-    renderer = renderer or build_renderer(cfg)
+    renderer = renderer or build_renderer(cfg, preview_scorer, run_preview_rule(cfg, run))
     by_id = {t.triple_id: t for t in triples}
     rendered = renderer.render_chunk(by_id, specs)
     return shard, next(r for r in rendered if r.candidate.candidate_id == candidate)

@@ -1,0 +1,253 @@
+"""Benchmark: UNet rows per kept pair of the paper's recipe against waves, previews and fewer steps.
+
+On the shapes world, the same triples for both recipes:
+- paper: every candidate rendered to the end (``--candidates`` >= 16, ``--paper-steps`` >= 50, seeds
+  drawn afresh), scored, top 4 kept;
+- ours: the ``--pipeline`` (shapes-fast) render settings: waves with k/m, previews stopped by a rule,
+  fewer steps. Its preview rule is calibrated first on separate triples (``--calibration-triples``)
+  rendered to the end with previews recorded, for ``--target-recall`` of the would-be-kept ones.
+The filter thresholds are the shapes pipeline's, with min_direction raised until the paper recipe keeps
+at most ``--max-kept-fraction`` of its candidates; both recipes are judged with them. Pairs are judged
+by the exact oracle with un-named facts (``correct_full``).
+
+Work is cached per block of triples under ``--out``, so a killed bench resumes where it stopped.
+The last line is one JSON object.
+
+    OMP_NUM_THREADS=1 python bench/cost.py --out runs/bench-cost            # the full bench (CPU-hours here)
+    OMP_NUM_THREADS=1 python bench/cost.py --out /tmp/c --triples 8 --calibration-triples 4 --paper-steps 10
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from datagen.clip.loading import load_clip  # noqa: E402
+from datagen.config import PipelineConfig, PreviewConfig, load_config  # noqa: E402
+from datagen.filter.scorer import ClipScorer  # noqa: E402
+from datagen.filter.selection import Selector, Thresholds, passes  # noqa: E402
+from datagen.p2p.loading import load_pipeline  # noqa: E402
+from datagen.p2p.render import CandidateRenderer, RenderCounters, RenderedCandidate  # noqa: E402
+from datagen.p2p.stage import render_shard  # noqa: E402
+from datagen.preview_rule import FEATURES, fit_rule, load_rule, rule_metrics, save_rule  # noqa: E402
+from datagen.records import Triple, seed_from, stable_id  # noqa: E402
+from datagen.shapes import grammar  # noqa: E402
+from datagen.shapes.oracle import judge_pair  # noqa: E402
+
+METRICS = ("sim_0", "sim_1", "sim_image", "sim_direction")
+
+
+def make_triples(n: int, seed: int, tag: str) -> list[Triple]:
+    """``n`` shapes-world grammar triples, the same for every recipe (``tag`` keeps sets apart)."""
+    rng = random.Random(seed_from(seed, tag))
+    out = []
+    for i in range(n):
+        t = grammar.sample_triple(rng)
+        out.append(Triple(triple_id=stable_id("bench-cost", tag, seed, i), input_caption=t.input_caption,
+                          instruction=t.instruction, output_caption=t.output_caption, edit_kind=t.edit_kind,
+                          backend="grammar"))
+    return out
+
+
+class Judge:
+    """Scores rendered candidates with the pipeline's CLIP and judges them with the oracle."""
+
+    def __init__(self, cfg: PipelineConfig):
+        f = cfg.filter
+        self.scorer = ClipScorer(load_clip(f.clip_model, f.clip_pretrained, "cpu", "fp32"), batch_size=64)
+        self.rows: list[dict] = []
+
+    def score_chunk(self, rendered: list[RenderedCandidate]) -> dict[str, dict | None]:
+        ok = [r for r in rendered if r.candidate.status == "ok"]
+        pairs = [tuple(Image.open(io.BytesIO(r.images[f"{part}.png"])).convert("RGB")
+                       for part in ("input", "edited")) for r in ok]
+        scores = {s.candidate_id: s for s in self.scorer.score([r.candidate for r in ok], pairs)}
+        out = {}
+        for r in rendered:
+            c = r.candidate
+            row = {"candidate_id": c.candidate_id, "triple_id": c.triple_id, "index": c.index, "status": c.status,
+                   **{f"preview_{m}": getattr(c, f"preview_{m}") for m in METRICS}}
+            s = scores.get(c.candidate_id)
+            row.update({m: getattr(s, m) if s else float("nan") for m in METRICS})
+            if s is not None:
+                j = judge_pair(*pairs[ok.index(r)], c.input_caption, c.output_caption)
+                row.update(correct=bool(j.correct), correct_full=bool(j.correct_full))
+            self.rows.append(row)
+            out[c.candidate_id] = {m: row[m] for m in METRICS} if s is not None else None
+        return out
+
+
+def run_recipe(name: str, cfg: PipelineConfig, triples: list[Triple], judge: Judge, out: Path,
+               block: int, scorer_for_previews=None) -> tuple[pd.DataFrame, dict]:
+    """Render ``triples`` with ``cfg``, block by block (cached under out/name): rows and summed counters."""
+    # Cached under the settings that change the blocks: the render section, and the filter when waves read it.
+    key = {"seed": cfg.seed, "render": cfg.render.model_dump(), "filter": cfg.filter.model_dump() if cfg.render.waves else None}
+    if cfg.render.preview and cfg.render.preview.rule:
+        key["rule"] = Path(cfg.render.preview.rule).read_text()
+    folder = out / f"{name}-{stable_id(json.dumps(key, sort_keys=True), length=8)}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(cfg.model_dump_json(indent=1))
+    rule = load_rule(cfg.render.preview.rule) if cfg.render.preview and cfg.render.preview.rule else None
+    renderer = None
+    frames, totals = [], {}
+    for b in range(0, len(triples), block):
+        part = folder / f"block-{b // block:04d}"
+        if not (part.with_suffix(".json")).exists():
+            if renderer is None:
+                loaded = load_pipeline(cfg.render.model, cfg.render.scheduler, "cpu", "float32")
+                renderer = CandidateRenderer(loaded, cfg.render, scorer_for_previews, rule)
+            judge.rows = []
+            counters = RenderCounters()
+            t0 = time.perf_counter()
+            waves = cfg.render.waves is not None
+            for rendered in render_shard(renderer, cfg, triples[b:b + block], counters,
+                                         judge.score_chunk if waves else None):
+                if not waves:
+                    judge.score_chunk(rendered)
+            pd.DataFrame(judge.rows).to_parquet(part.with_suffix(".parquet"))
+            stats = {k: v for k, v in vars(counters).items()}
+            stats["seconds"] = round(time.perf_counter() - t0, 2)
+            part.with_suffix(".json").write_text(json.dumps(stats))   # last: the block is done
+            print(f"{name}: block {b // block} ({len(triples[b:b + block])} triples) in {stats['seconds']} s, "
+                  f"{counters.unet_rows} UNet rows", file=sys.stderr, flush=True)
+        frames.append(pd.read_parquet(part.with_suffix(".parquet")))
+        for k, v in json.loads(part.with_suffix(".json").read_text()).items():
+            totals[k] = totals.get(k, 0) + v
+    return pd.concat(frames, ignore_index=True), totals
+
+
+def choose_thresholds(scores: pd.DataFrame, base: Thresholds, max_pairs: int, max_kept_fraction: float) -> Thresholds:
+    """``base`` with min_direction raised (by 0.01) until at most ``max_kept_fraction`` of the candidates are kept."""
+    selector = Selector(scores)
+    t = base
+    for step in range(0, 200):
+        t = base.replace(min_direction=round(base.min_direction + 0.01 * step, 4))
+        if selector.select(t, max_pairs).mean() <= max_kept_fraction:
+            return t
+    raise SystemExit(f"no min_direction keeps at most {max_kept_fraction} of the candidates")
+
+
+def outcome(rows: pd.DataFrame, triples: list[Triple], t: Thresholds, max_pairs: int, unet_rows: int,
+            seconds: float) -> dict:
+    scored = rows.assign(status=np.where(rows["sim_0"].notna(), "ok", "failed")).reset_index(drop=True)
+    kept = Selector(scored).select(t, max_pairs)
+    n_kept = int(kept.sum())
+    chosen = scored[kept]
+    return {"unet_rows": int(unet_rows), "candidates_started": int(len(rows)), "kept_pairs": n_kept,
+            "rows_per_kept_pair": round(unet_rows / n_kept, 1) if n_kept else None,
+            "precision": round(float(chosen["correct_full"].mean()), 4) if n_kept else None,
+            "precision_named": round(float(chosen["correct"].mean()), 4) if n_kept else None,
+            "coverage": round(chosen["triple_id"].nunique() / len(triples), 4),
+            "kept_fraction": round(n_kept / max(len(rows), 1), 4), "render_seconds": round(seconds, 1),
+            "correct_full_rate_all": round(float(scored["correct_full"].fillna(False).astype(bool).mean()), 4)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True, help="folder for the cached blocks and the preview rule")
+    ap.add_argument("--pipeline", default="shapes-fast", help="our recipe's pipeline (pipelines.yaml)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override our recipe's config")
+    ap.add_argument("--triples", type=int, default=200)
+    ap.add_argument("--calibration-triples", type=int, default=60)
+    ap.add_argument("--candidates", type=int, default=16, help="per triple, both recipes (the most ours starts)")
+    ap.add_argument("--paper-steps", type=int, default=50)
+    ap.add_argument("--max-kept-fraction", type=float, default=0.10)
+    ap.add_argument("--target-recall", type=float, default=0.95)
+    ap.add_argument("--rule-kind", choices=("logistic", "threshold"), default="logistic")
+    ap.add_argument("--block", type=int, default=8, help="triples per cached block")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--steps-study", default="", metavar="S1,S2",
+                    help="also render the paper recipe at these step counts on the same triples and report pair "
+                         "quality per step count (steps_study)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+
+    ours = load_config(args.pipeline, [f"render.num_candidates={args.candidates}", *args.set])
+    paper = load_config("shapes", [f"render.num_candidates={args.candidates}", f"render.steps={args.paper_steps}",
+                                   "render.candidates_per_seed=1", f"render.resources.batch_size={args.candidates}"])
+    triples = make_triples(args.triples, args.seed, "bench")
+    judge = Judge(paper)
+    max_pairs = paper.filter.max_pairs_per_triple
+
+    # 1. The paper recipe: every candidate to the end. Its scores fix the (strict) thresholds.
+    paper_rows, paper_counters = run_recipe("paper", paper, triples, judge, out, args.block)
+    t = choose_thresholds(paper_rows.assign(status=np.where(paper_rows["sim_0"].notna(), "ok", "failed")),
+                          Thresholds.from_config(paper.filter), max_pairs, args.max_kept_fraction)
+    filter_set = [f"filter.{k}={v}" for k, v in t.as_dict().items()]
+
+    # 2. Calibration: other triples, our steps, nothing stopped, previews recorded.
+    rule_path = out / "preview_rule.json"
+    calibration = load_config(args.pipeline, [f"render.num_candidates={args.candidates}", *args.set, *filter_set,
+                                              "render.waves=null", "render.preview.rule="])
+    cal_rows, cal_counters = run_recipe("calibration", calibration, make_triples(args.calibration_triples, args.seed, "calibration"),
+                             judge, out, args.block, judge.scorer.score)
+    cal_scored = cal_rows.assign(status=np.where(cal_rows["sim_0"].notna(), "ok", "failed"))
+    label = passes(cal_scored, t)
+    x = cal_rows[[f"preview_{m}" for m in FEATURES]].to_numpy(dtype=float)
+    # Fitting is instant and pure: refit every time (the thresholds, hence the labels, may have moved).
+    rule = fit_rule(x, label, args.target_recall, calibration.render.preview.fraction, calibration.render.steps,
+                    args.rule_kind, source=str(out / "calibration"))
+    save_rule(rule, rule_path)
+
+    # 3. Ours: waves, previews stopped by the rule, our steps, the same thresholds.
+    ours = load_config(args.pipeline, [f"render.num_candidates={args.candidates}", *args.set, *filter_set,
+                                       f"render.preview.rule={rule_path}"])
+    ours_rows, ours_counters = run_recipe("ours", ours, triples, judge, out, args.block, judge.scorer.score)
+
+    p = outcome(paper_rows, triples, t, max_pairs, paper_counters["unet_rows"], paper_counters["seconds"])
+    o = outcome(ours_rows, triples, t, max_pairs, ours_counters["unet_rows"], ours_counters["seconds"])
+    previewed = ours_rows[ours_rows["preview_sim_0"].notna()]
+    result = {
+        "triples": len(triples), "candidates_per_triple": args.candidates, "paper_steps": args.paper_steps,
+        "ours_steps": ours.render.steps, "ours_pipeline": args.pipeline, "thresholds": t.as_dict(),
+        "waves": ours.render.waves.model_dump() if ours.render.waves else None,
+        "preview": {"fraction": ours.render.preview.fraction, "rule": rule.kind, "target_recall": rule.target_recall,
+                    "calibration": rule.calibration,
+                    "recall_on_calibration": rule_metrics(rule, x, label)["recall"]} if ours.render.preview else None,
+        "paper": p, "ours": o,
+        # Calibration is paid once per model and settings, not per triple: apart from ours' rows.
+        "calibration": {"triples": args.calibration_triples, "unet_rows": cal_counters["unet_rows"]},
+        "ours_levers": {"candidates_skipped_by_waves": ours_counters.get("skipped", 0),
+                        "unet_rows_saved_waves": ours_counters.get("unet_rows_saved_waves", 0),
+                        "candidates_stopped_by_preview": int((ours_rows["status"] == "stopped").sum()),
+                        "unet_rows_saved_preview": ours_counters.get("unet_rows_saved_preview", 0),
+                        "previewed": int(len(previewed))},
+        "seconds": round(time.perf_counter() - t_start, 1),
+        "rows_per_kept_pair_paper": p["rows_per_kept_pair"], "rows_per_kept_pair_ours": o["rows_per_kept_pair"],
+        "precision_paper": p["precision"], "precision_ours": o["precision"],
+        "coverage_paper": p["coverage"], "coverage_ours": o["coverage"], "kept_fraction_paper": p["kept_fraction"],
+    }
+    # The steps lever alone: the paper recipe at fewer steps, the same triples, candidates and thresholds.
+    study = {args.paper_steps: p}
+    for steps in [int(v) for v in args.steps_study.split(",") if v.strip()]:
+        cfg = paper.model_copy(deep=True)
+        cfg.render.steps = steps
+        rows, counters = run_recipe("paper", cfg, triples, judge, out, args.block)
+        study[steps] = outcome(rows, triples, t, max_pairs, counters["unet_rows"], counters["seconds"])
+    if len(study) > 1:
+        result["steps_study"] = {str(k): {key: v[key] for key in ("correct_full_rate_all", "precision", "coverage",
+                                                                   "kept_fraction", "rows_per_kept_pair")}
+                                 for k, v in sorted(study.items())}
+    if p["rows_per_kept_pair"] and o["rows_per_kept_pair"]:
+        result["rows_per_kept_pair_ratio"] = round(p["rows_per_kept_pair"] / o["rows_per_kept_pair"], 2)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

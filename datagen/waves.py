@@ -1,0 +1,67 @@
+"""Waves: when a triple has enough candidates, or none worth rendering more of (issue 41).
+
+A triple's candidates are rendered in waves of ``render.waves.size`` (index order). After each
+wave its candidates' final scores are known (the render actor scores inline), and the triple
+- is *enough* once ``k`` of its candidates pass every filter threshold by ``margin``;
+- is *hopeless* once ``m`` waves are done and none of its candidates came within ``near`` of
+  passing (each metric at least its threshold minus ``near``);
+- is *open* otherwise, until its last wave.
+Pure functions of the scores and the config, so the decision can be redone from stored scores.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from datagen.config import FilterConfig, WavesConfig
+
+# Filter threshold key -> the metric it bounds from below (as in Stage 3's selection).
+METRIC_THRESHOLD = {"sim_0": "min_sim_0", "sim_1": "min_sim_1", "sim_direction": "min_direction",
+                    "sim_image": "min_image"}
+
+
+def metric_bounds(f: FilterConfig, shift: float = 0.0) -> dict[str, float]:
+    """The filter's lower bound on each metric, moved up by ``shift`` (down when negative)."""
+    return {metric: getattr(f, key) + shift for metric, key in METRIC_THRESHOLD.items()}
+
+
+def meets(scores: dict[str, float] | None, bounds: dict[str, float]) -> bool:
+    """Every metric present, finite and at least its bound (a stopped or failed candidate: never)."""
+    if scores is None:
+        return False
+    return all(math.isfinite(scores.get(m, math.nan)) and scores[m] >= b for m, b in bounds.items())
+
+
+@dataclass
+class TripleProgress:
+    """What the waves so far left a triple with."""
+
+    waves: int = 0        # waves rendered
+    candidates: int = 0   # candidates started
+    passed: int = 0       # passed with margin
+    near: int = 0         # came within ``near`` of passing (passers included)
+
+    def state(self, w: WavesConfig, total_waves: int) -> str:
+        """open | enough | hopeless | done (every wave rendered)."""
+        if self.passed >= w.k:
+            return "enough"
+        if self.waves >= w.m and self.near == 0:
+            return "hopeless"
+        return "done" if self.waves >= total_waves else "open"
+
+
+def after_wave(progress: TripleProgress, wave_scores: list[dict[str, float] | None], f: FilterConfig,
+               w: WavesConfig) -> TripleProgress:
+    """``progress`` once one more wave with these candidates' final scores (None: no scores) is in."""
+    passing, near = metric_bounds(f, w.margin), metric_bounds(f, -w.near)
+    return TripleProgress(waves=progress.waves + 1, candidates=progress.candidates + len(wave_scores),
+                          passed=progress.passed + sum(meets(s, passing) for s in wave_scores),
+                          near=progress.near + sum(meets(s, near) for s in wave_scores))
+
+
+def total_waves(num_candidates: int, w: WavesConfig) -> int:
+    return -(-num_candidates // w.size)
+
+
+def wave_of(index: int, w: WavesConfig) -> int:
+    return index // w.size
