@@ -82,13 +82,13 @@ def preview_report(run: str | Path) -> dict | None:
         if len(p) > 1:
             out[m] = {"correlation": round(float(np.corrcoef(p, f)[0, 1]), 4),
                       "mean_final_minus_preview": round(float(np.mean(np.subtract(f, p))), 4)}
-    rendered_with = Path(run) / "preview_rule.json"
-    calibrated_here = Path(run) / "report" / "preview_rule.json"
-    if rendered_with.exists():
+    store = RunStore(run)
+    rendered_with, calibrated_here = store.url("preview_rule.json"), store.url("report/preview_rule.json")
+    if store.exists("preview_rule.json"):
         rule = load_rule(rendered_with)
         out["rule"] = {"file": str(rendered_with), "kind": rule.kind, "target_recall": rule.target_recall,
                        "measured_on": "its calibration run", **rule.calibration}
-    elif calibrated_here.exists() and stopped == 0:
+    elif store.exists("report/preview_rule.json") and stopped == 0:
         rule = load_rule(calibrated_here)
         x, kept, _ = calibration_rows(run, rule.calibration.get("overrides", []))
         out["rule"] = {"file": str(calibrated_here), "kind": rule.kind, "target_recall": rule.target_recall,

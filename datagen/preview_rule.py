@@ -76,9 +76,12 @@ def save_rule(rule: PreviewRule, path: str | Path) -> Path:
 
 
 def load_rule(path: str | Path) -> PreviewRule:
-    path = Path(path)
+    """The rule at ``path``: a local file or a URI (a run on an object store keeps its copy there)."""
+    import fsspec
+
     try:
-        data = json.loads(path.read_text())
+        with fsspec.open(str(path), "r") as f:
+            data = json.loads(f.read())
         rule = PreviewRule(**data)
     except FileNotFoundError:
         raise FileNotFoundError(f"preview rule {path} not found: write one with editsynth preview-rule") from None

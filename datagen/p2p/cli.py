@@ -32,12 +32,13 @@ def register(subparsers) -> None:
 
 
 def preview_rule_command(args: argparse.Namespace) -> int:
-    from datagen.preview_rule import save_rule
-
     from datagen.preview_calibration import calibrate, preview_report
+    from datagen.preview_rule import save_rule
+    from datagen.store import RunStore
 
     rule = calibrate(args.run, args.target_recall, args.kind, args.set)
-    path = save_rule(rule, args.out or Path(args.run) / "report" / "preview_rule.json")
+    path = (save_rule(rule, args.out) if args.out
+            else RunStore(args.run).write_text("report/preview_rule.json", rule.to_json()))
     report = preview_report(args.run)
     print(json.dumps({"rule": str(path), "calibration": rule.calibration,
                       "preview_vs_final": report}, indent=1))

@@ -30,7 +30,7 @@ from typing import Callable, ContextManager, Iterator
 import pyarrow as pa
 
 from datagen.config import PipelineConfig, load_run_config
-from datagen.preview_rule import PreviewRule, load_rule, save_rule
+from datagen.preview_rule import PreviewRule, load_rule
 from datagen.records import Candidate, ShardStats, Triple
 from datagen.store import RunStore
 from datagen.waves import TripleProgress, after_wave, total_waves, wave_of
@@ -74,18 +74,19 @@ def run_preview_rule(cfg: PipelineConfig, run: str | Path) -> PreviewRule | None
     """The run's preview stop rule: the one saved in the run folder, saved there from
     ``render.preview.rule`` on first use, so that render-one and a resumed run use the same."""
     pv = cfg.render.preview
-    saved = Path(run) / PREVIEW_RULE_FILE
+    store = RunStore(run)
+    saved = store.url(PREVIEW_RULE_FILE)
     if pv is None or not pv.rule:
-        if saved.exists():
+        if store.exists(PREVIEW_RULE_FILE):
             raise ValueError(f"{saved}: this run rendered with a preview stop rule, but render.preview.rule is not set")
         return None
     rule = load_rule(pv.rule)
-    if saved.exists():
+    if store.exists(PREVIEW_RULE_FILE):
         if load_rule(saved) != rule:
             raise ValueError(f"render.preview.rule {pv.rule} differs from the rule this run rendered with ({saved}): "
                              "a run keeps one rule; start a new run (or --overwrite) to use another")
         return rule
-    save_rule(rule, saved)
+    store.write_text(PREVIEW_RULE_FILE, rule.to_json())
     return rule
 
 
