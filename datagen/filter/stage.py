@@ -105,6 +105,12 @@ class Worker:
         f = cfg.filter
         self.cfg, self.store = cfg, RunStore(out)
         self.clip = load_clip(f.clip_model, f.clip_pretrained, f.device, f.precision)
+        if str(self.clip.device) == "cpu":
+            # CPU scores depend on the thread count (reduction order): fix it from the config, not the
+            # environment. Scoring inside a render actor (render.store=kept) runs on the render's threads.
+            import torch
+
+            torch.set_num_threads(max(1, int(f.resources.num_cpus)))
         self.scorer = ClipScorer(self.clip, batch_size=f.resources.batch_size, preprocess=f.preprocess)
         self.keep = Thresholds.keep_bound(f)
         self.oracle = ShapesOracle.create(f.oracle)
