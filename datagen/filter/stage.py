@@ -115,7 +115,9 @@ class Worker:
         self.keep = Thresholds.keep_bound(f)
         self.oracle = ShapesOracle.create(f.oracle)
         self.pool = ThreadPoolExecutor(max(1, int(f.resources.num_cpus)))  # PIL decodes outside the GIL
-        self.chunk = 4 * f.resources.batch_size   # candidates decoded at once: bounds memory per shard
+        # Candidates decoded at once: one CLIP batch. Four batches (as before) held 256 candidates' decoded
+        # pairs, ~400 MB at 512 px, and a render actor scoring inline grew by that much (bench/render_memory.py).
+        self.chunk = f.resources.batch_size
 
     def _render_count(self, shard: int) -> int:
         """How many candidates the render stage wrote (to count what an unreadable shard lost)."""
