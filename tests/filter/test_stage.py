@@ -96,7 +96,7 @@ def test_a_truncated_tar_keeps_what_was_readable_and_chunking_changes_nothing(tm
     write_render_shard(store, 1, items)
     tar = store.shard_path("render", 1, "tar")
     tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2 + cut])
-    cfg = filter_config(tiny_clip_dir, **{"resources.batch_size": 1})   # 4-candidate chunks
+    cfg = filter_config(tiny_clip_dir, **{"resources.batch_size": 4})   # 4-candidate chunks: one CLIP batch each
     worker = stage.Worker(cfg, str(tmp_path))
     assert worker.chunk == 4
     full, cut = worker.process_shard(0), worker.process_shard(1)
