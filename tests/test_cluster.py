@@ -124,6 +124,8 @@ def test_a_node_killed_mid_render_loses_and_duplicates_nothing(tmp_path, single_
     assert pq.read_table(out / "filter" / "selection.parquet").to_pylist() == \
         pq.read_table(single_run / "filter" / "selection.parquet").to_pylist()
     assert export_keys(out) == export_keys(single_run)
-    ran_on = {s.extra["node_id"] for stage in ("render", "filter") for s in RunStore(out).read_stats(stage)}
-    assert len(ran_on) >= 2, ran_on                                    # the work really spread
+    # The work really spread. Over every stage: with render.store=kept the filter units are written by
+    # the render actors, and one of two render actors can finish all six units while the other reloads.
+    ran_on = {s.extra["node_id"] for stage in ("captions", "render", "filter") for s in RunStore(out).read_stats(stage)}
+    assert len(ran_on) >= 2, ran_on
     print(json.dumps({"attempts": attempts, "nodes_used": len(ran_on)}))
