@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO))
 
 import pyarrow.parquet as pq  # noqa: E402
 
+from datagen.p2p.stage import image_stage  # noqa: E402
 from datagen.store import RunStore  # noqa: E402
 
 SETS = ["captions.num_triples=12", "captions.shard_size=2", "render.num_candidates=2", "render.steps=4",
@@ -49,7 +50,7 @@ def made(run: Path) -> dict:
     ids, images = [], {}
     for shard in store.done_shards("render"):
         ids += pq.read_table(store.shard_path("render", shard, "parquet"), columns=["candidate_id"]).column(0).to_pylist()
-        stage = "render" if store.shard_path("render", shard, "tar").exists() else "filter"   # render.store=kept
+        stage = image_stage(store, shard)
         images.update({k: b"".join(v[e] for e in sorted(v)) for k, v in store.read_tar(stage, shard).items()})
     selection = run / "filter" / "selection.parquet"
     export = sorted(str(p.relative_to(run)) + ":" + str(p.stat().st_size) for p in (run / "export").rglob("*.tar"))

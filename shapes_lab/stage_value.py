@@ -17,6 +17,7 @@ from pathlib import Path
 from PIL import Image
 
 from datagen.config import load_run_config
+from datagen.p2p.stage import image_stage
 from datagen.records import Triple
 from datagen.shapes import oracle
 from datagen.shapes.grammar import try_parse_caption
@@ -80,7 +81,7 @@ def _stored_samples(store: RunStore):
     """(shard, key, sample, candidate row) of every stored candidate: the render tar's, or where the
     render stage scored inline (render.store=kept), the filter tar's (the candidates inside the keep bound)."""
     for shard in store.done_shards("render"):
-        if store.exists(store.shard_name("render", shard, "tar")):
+        if image_stage(store, shard) == "render":
             for key, sample in store.read_tar("render", shard).items():
                 yield shard, key, sample, json.loads(sample["json"])
         elif store.is_done("filter", shard):

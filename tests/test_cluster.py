@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from datagen.p2p.stage import image_stage
 from datagen.store import RunStore
 from tests.captions import processes
 from tests.ray_cluster import ray_cluster, raylet_pid
@@ -39,7 +40,7 @@ def candidates(run: Path) -> tuple[list[str], dict[str, bytes]]:
     ids, images = [], {}
     for shard in store.done_shards("render"):
         ids += pq.read_table(store.shard_path("render", shard, "parquet"), columns=["candidate_id"]).column(0).to_pylist()
-        stage = "render" if store.shard_path("render", shard, "tar").exists() else "filter"   # render.store=kept
+        stage = image_stage(store, shard)
         for key, sample in store.read_tar(stage, shard).items():
             images[key] = sample["input.png"] + sample["edited.png"]
     return ids, images

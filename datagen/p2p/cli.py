@@ -52,7 +52,7 @@ def render_one_command(args: argparse.Namespace) -> int:
     from datagen.config import load_run_config
     from datagen.run import preview_scorer
 
-    from .stage import STAGE, render_one
+    from .stage import STAGE, image_stage, render_one
 
     cfg = load_run_config(args.run)
     shard, rendered = render_one(args.run, args.candidate,
@@ -72,7 +72,7 @@ def render_one_command(args: argparse.Namespace) -> int:
         print(f"shard {STAGE}-{shard:05d} not rendered yet: nothing to compare")
         return 0 if cand.status == "ok" else 1
     # render.store=kept writes no render tar: the images stored are the filter shard's (keep bound only)
-    stage = STAGE if store.exists(store.shard_name(STAGE, shard, "tar")) else "filter"
+    stage = image_stage(store, shard)
     stored = store.read_tar(stage, shard).get(cand.candidate_id, {}) if store.is_done(stage, shard) else {}
     if stage == "filter" and not stored and cand.status == "ok":
         print(f"{cand.candidate_id} was not stored (outside the filter's keep bound, render.store=kept): "

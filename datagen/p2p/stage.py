@@ -158,6 +158,12 @@ def rows_per_candidate(renderer: CandidateRenderer, cfg: PipelineConfig) -> int:
     return 4 * len(scheduler.timesteps)
 
 
+def image_stage(store: RunStore, shard: int) -> str:
+    """Where shard ``shard``'s images are stored: the render tar, or (render.store=kept, no render
+    tar) the filter shard, which holds those inside the keep bound."""
+    return STAGE if store.exists(store.shard_name(STAGE, shard, "tar")) else "filter"
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory so far (an actor's: it renders shard after shard)."""
     import resource
