@@ -24,7 +24,7 @@ def stage_status(store: RunStore, stage: str, planned: int) -> dict:
     """The figures of one stage from its done markers; ``planned``: the units the run will write."""
     stats = store.read_stats(stage)
     done = len(stats)
-    times = sorted(store.modified(store.stats_name(stage, s.shard)) for s in stats)
+    times = sorted(store.modified_all(f"{stage}/{stage}-*.stats.json").values())
     span = times[-1] - times[0] if len(times) > 1 else 0.0
     # n markers over a span are n - 1 intervals: the first one's own time is not in the span.
     units_per_hour = (done - 1) / span * 3600 if span > 0 else None

@@ -21,6 +21,7 @@ import shutil
 import tarfile
 import tempfile
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator
 
@@ -136,6 +137,23 @@ class RunStore:
 
     def read_text(self, name: str) -> str:
         return self.read_bytes(name).decode("utf-8")
+
+    def read_many(self, names: list[str]) -> list[bytes]:
+        """The bytes of many small files, in order. On an object store the GETs run concurrently
+        (one batched call): a paper-scale stage has 112,500 stats files, hours one after another."""
+        if self.local or not names:
+            return [self.read_bytes(n) for n in names]
+        urls = [self.fs._strip_protocol(self.url(n)) for n in names]
+        found = self.fs.cat(urls)
+        return [found[u] for u in urls]
+
+    def modified_all(self, pattern: str) -> dict[str, float]:
+        """``modified`` of every name matching ``pattern``, from one listing (no request per file)."""
+        if self.local:
+            return {n: os.stat(self.url(n)).st_mtime for n in self.glob(pattern)}
+        root = self.fs._strip_protocol(self.location).rstrip("/")
+        return {path[len(root) + 1:]: _timestamp(info) for path, info in
+                self.fs.glob(f"{root}/{pattern}", detail=True).items()}
 
     def glob(self, pattern: str) -> list[str]:
         """Names in the run matching ``pattern`` (``*`` within one folder), sorted."""
@@ -333,8 +351,8 @@ class RunStore:
         return samples
 
     def read_stats(self, stage: str) -> list[ShardStats]:
-        return [ShardStats.from_row(json.loads(self.read_text(self.stats_name(stage, s))))
-                for s in self.done_shards(stage)]
+        names = [self.stats_name(stage, s) for s in self.done_shards(stage)]
+        return [ShardStats.from_row(json.loads(data)) for data in self.read_many(names)]
 
     def write_summary(self, stage: str) -> dict[str, Any]:
         """Aggregate the per-shard stats of a stage into ``<stage>/summary.json``."""
@@ -353,6 +371,20 @@ class RunStore:
         }
         self.write_json(f"{stage}/summary.json", summary)
         return summary
+
+
+def _timestamp(info: dict[str, Any]) -> float:
+    """A listing entry's modification time (S3: LastModified; GCS: updated; others: mtime)."""
+    for key in ("LastModified", "updated", "mtime", "last_modified"):
+        value = info.get(key)
+        if value is None:
+            continue
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return value.timestamp()
+    raise KeyError(f"no modification time in the listing of {info.get('name')}: {sorted(info)}")
 
 
 def placement() -> dict[str, str]:

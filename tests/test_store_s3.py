@@ -84,6 +84,21 @@ def test_a_shard_on_s3_is_done_only_once_its_marker_is_written_after_its_data(s3
     assert store.modified(store.stats_name("render", 0)) >= store.modified(store.shard_name("render", 0, "tar"))
 
 
+def test_many_stats_on_s3_are_read_in_one_batched_call_and_listed_with_their_times(s3, monkeypatch):
+    """A paper-scale stage has 112,500 stats files: status and the filter's plan read them in one
+    concurrent call and take their times from one listing, not one request per file."""
+    store = RunStore(f"s3://{BUCKET}/many")
+    for shard in range(30):
+        store.write_stats(ShardStats(stage="render", shard=shard, count_in=shard, count_out=1, seconds=0.5))
+    calls: list[int] = []
+    original = store.fs.cat
+    monkeypatch.setattr(store.fs, "cat", lambda paths, **kw: (calls.append(len(paths)), original(paths, **kw))[1])
+    assert [s.count_in for s in store.read_stats("render")] == list(range(30))
+    assert calls == [30]
+    times = store.modified_all("render/render-*.stats.json")
+    assert times == {store.stats_name("render", s): store.modified(store.stats_name("render", s)) for s in range(30)}
+
+
 def test_a_write_that_fails_on_s3_leaves_no_object_and_no_marker(s3):
     store = RunStore(f"s3://{BUCKET}/killed")
     with pytest.raises(RuntimeError, match="killed"):

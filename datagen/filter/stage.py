@@ -73,8 +73,10 @@ def plan_shards(cfg: PipelineConfig, store: RunStore) -> list[int]:
     check_keep_bound(cfg)
     shards = store.done_shards(RENDER)
     inline = _scored_inline(store)
+    rendered = store.modified_all(f"{RENDER}/{RENDER}-*.stats.json")      # one listing per stage
+    scored = store.modified_all(f"{STAGE}/{STAGE}-*.stats.json")
     for s in set(store.done_shards(STAGE)) & set(shards) - inline:
-        if store.modified(store.stats_name(RENDER, s)) > store.modified(store.stats_name(STAGE, s)):
+        if rendered[store.stats_name(RENDER, s)] > scored[store.stats_name(STAGE, s)]:
             log.info("filter shard %d is older than render shard %d: redoing it", s, s)
             store.remove(store.stats_name(STAGE, s))
     lost = sorted(s for s in inline if not store.is_done(STAGE, s))
