@@ -160,6 +160,9 @@ class RenderConfig(Section):
     cfg_min: float = Field(7.5, ge=0)             # cfg ~ U(7.5, 15): the original generator
     cfg_max: float = Field(15.0, ge=0)
     steps: int = Field(100, ge=1)
+    # The step count the steps lever is counted against (paper-fast: the paper's 100): render stats
+    # then carry unet_rows_saved_steps, what the rows spent would have been at it, less the rows.
+    steps_reference: int | None = Field(None, ge=1)
     scheduler: str = "EulerAncestralDiscreteScheduler"
     height: int | None = Field(None, ge=8)
     width: int | None = Field(None, ge=8)

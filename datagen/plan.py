@@ -80,6 +80,9 @@ def plan(cfg: PipelineConfig, name: str, gpus: int | None = None) -> Plan:
         notes.append("UNet rows are the most this can take (every candidate to the end): " + "; ".join(levers)
                      + ". What they save depends on the scores; the render stats count it per shard "
                        "(unet_rows_saved_waves, unet_rows_saved_preview)")
+    if r.steps_reference is not None and r.steps_reference != r.steps:
+        notes.append(f"{r.steps} steps instead of {r.steps_reference}: {r.steps / r.steps_reference:.2f} of the rows "
+                     "per candidate (the render stats count unet_rows_saved_steps)")
     height, width = r.height or 512, r.width or 512
     sd_size = r.model != "shapes"
     flops = render_h = render_wall = unit_minutes = None

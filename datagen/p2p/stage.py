@@ -250,6 +250,10 @@ class Worker:
                      dtype=str(self.renderer.loaded.dtype).replace("torch.", ""), model_id=self.cfg.render.model,
                      unet_row_saving=round(1 - counters.unet_rows / max(counters.unet_rows_unshared, 1), 4),
                      bytes_written=written, peak_rss_mb=peak_rss_mb(), scored_inline=scoring is not None)
+        if (reference := self.cfg.render.steps_reference) is not None:
+            # UNet rows scale with the step count: the same candidates, stopped at the same share of it.
+            steps = self.cfg.render.steps
+            extra["unet_rows_saved_steps"] = round(counters.unet_rows * (reference - steps) / steps)
         if self.cfg.render.waves is not None:
             n_waves = total_waves(self.cfg.render.num_candidates, self.cfg.render.waves)
             states = Counter(p.state(self.cfg.render.waves, n_waves) for p in progress.values())
@@ -268,8 +272,9 @@ def finalize(cfg: PipelineConfig, store: RunStore) -> dict:
     stats = store.read_stats(STAGE)
     total = {k: sum(s.extra.get(k, 0) for s in stats)
              for k in ("candidates", "failed", "truncated_captions", "unet_rows", "unet_rows_unshared",
-                       # issue 41's levers: rows spent, and saved by each (steps: editsynth plan)
+                       # issue 41's levers: rows spent, and saved by each (steps: against render.steps_reference)
                        "previewed", "stopped", "unet_rows_saved_preview", "skipped", "unet_rows_saved_waves",
+                       "unet_rows_saved_steps",
                        "triples_enough", "triples_hopeless", "triples_all_waves")}
     total["unet_row_saving"] = round(1 - total["unet_rows"] / max(total["unet_rows_unshared"], 1), 4)
     not_rendered: Counter[str] = Counter()
