@@ -81,7 +81,8 @@ def preview_report(run: str | Path) -> dict | None:
     for m, (p, f) in pairs.items():
         if len(p) > 1:
             out[m] = {"correlation": round(float(np.corrcoef(p, f)[0, 1]), 4),
-                      "mean_final_minus_preview": round(float(np.mean(np.subtract(f, p))), 4)}
+                      "mean_final_minus_preview": round(float(np.mean(np.subtract(f, p))), 4),
+                      "by_preview_decile": preview_bins(np.asarray(p), np.asarray(f))}
     store = RunStore(run)
     rendered_with, calibrated_here = store.url("preview_rule.json"), store.url("report/preview_rule.json")
     if store.exists("preview_rule.json"):
@@ -93,4 +94,17 @@ def preview_report(run: str | Path) -> dict | None:
         x, kept, _ = calibration_rows(run, rule.calibration.get("overrides", []))
         out["rule"] = {"file": str(calibrated_here), "kind": rule.kind, "target_recall": rule.target_recall,
                        "measured_on": "this run", **rule_metrics(rule, x, kept)}
+    return out
+
+
+def preview_bins(preview: np.ndarray, final: np.ndarray, bins: int = 10) -> list[dict]:
+    """Candidates in ``bins`` equal-count bins of their preview score: each bin's mean preview and
+    final score and its range of finals (p10, p90), for the audit's plot of what a preview predicts."""
+    order = np.argsort(preview, kind="stable")
+    out = []
+    for part in np.array_split(order, min(bins, len(order))):
+        f = final[part]
+        out.append({"n": int(len(part)), "preview_mean": round(float(preview[part].mean()), 4),
+                    "final_mean": round(float(f.mean()), 4), "final_p10": round(float(np.quantile(f, 0.1)), 4),
+                    "final_p90": round(float(np.quantile(f, 0.9)), 4)})
     return out

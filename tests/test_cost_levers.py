@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from datagen.config import load_config
+from datagen.filter.audit_html import previews_section
 from datagen.preview_calibration import preview_report
 from datagen.run import run_pipeline
 from datagen.store import RunStore
@@ -41,6 +42,11 @@ def test_calibrate_on_a_run_then_render_in_waves_with_the_rule(tmp_path, ray_loc
     report = preview_report(calib.root)          # what the audit shows (report/audit.json: previews)
     assert report["rule"]["measured_on"] == "this run" and report["rule"]["recall"] >= 0.9
     assert -1 <= report["sim_direction"]["correlation"] <= 1
+    deciles = report["sim_direction"]["by_preview_decile"]
+    assert sum(d["n"] for d in deciles) == report["with_final_scores"] == 4 * 6
+    assert [d["preview_mean"] for d in deciles] == sorted(d["preview_mean"] for d in deciles)
+    page = previews_section(report)               # the audit page's section, from the same numbers
+    assert 'data-key="previews.rule.recall"' in page and page.count("<svg") == 4
 
     fast = RunStore(tmp_path / "fast")
     run_pipeline(_fast(f"render.preview.rule={rule_path}", strict), fast.root, ["captions", "render", "filter"])
@@ -53,6 +59,9 @@ def test_calibrate_on_a_run_then_render_in_waves_with_the_rule(tmp_path, ray_loc
     stats = fast.read_stats("render")[0].extra
     for key in ("unet_rows", "unet_rows_saved_preview", "unet_rows_saved_waves", "stopped", "previewed"):
         assert key in stats
+    # The steps lever, against shapes-fast's steps_reference (50): what 50 steps would have cost, less 6.
+    assert stats["unet_rows_saved_steps"] == round(stats["unet_rows"] * (50 - 6) / 6)
+    assert totals["unet_rows_saved_steps"] == sum(s.extra["unet_rows_saved_steps"] for s in fast.read_stats("render"))
     scores = [r for s in (0, 1) for r in fast.read_table("filter", s)]
     assert len(scores) == started
 

@@ -98,6 +98,42 @@ def pr_plot(result: dict[str, Any], name: str, sweeps: dict[str, list]) -> str:
     return chart.svg()
 
 
+def previews_section(previews: dict[str, Any] | None) -> str:
+    """render.preview: what a candidate's preview predicted of its final scores, and the stop rule's recall."""
+    if not previews:
+        return ""
+    metrics = [m for m in THRESHOLD_METRIC.values() if m in previews]
+    charts = []
+    for m in metrics:
+        b = previews[m]["by_preview_decile"]
+        x = [r["preview_mean"] for r in b]
+        ys = [r[k] for r in b for k in ("final_p10", "final_p90")] + x
+        lo, hi = min(ys), max(ys)
+        chart = svgplot.Chart(f"{m}: final against preview", f"preview {m} (decile mean)", f"final {m}",
+                              (min(x), max(x)), (lo - 0.02 * (hi - lo), hi + 0.02 * (hi - lo)))
+        chart.line(x, [r["final_mean"] for r in b], svgplot.PALETTE[0], "final, mean", marker=True)
+        chart.line(x, [r["final_p10"] for r in b], svgplot.PALETTE[1], "final, p10 / p90", dash="3 2")
+        chart.line(x, [r["final_p90"] for r in b], svgplot.PALETTE[1], dash="3 2")
+        chart.line(x, x, "#999", "final = preview", dash="6 3")
+        charts.append(chart.svg())
+    table = _table(["metric", "correlation", "mean final − preview"],
+                   [[m, previews[m]["correlation"], previews[m]["mean_final_minus_preview"]] for m in metrics],
+                   [[None, f"previews.{m}.correlation", f"previews.{m}.mean_final_minus_preview"] for m in metrics])
+    counts = ["preview_fraction", "previewed", "stopped", "with_final_scores"]
+    rule = previews.get("rule")
+    rule_rows = [[k.replace("_", " "), rule[k]] for k in ("file", "kind", "measured_on", "target_recall", "recall",
+                                                           "stop_rate", "stop_rate_rejected", "positives", "rows")
+                 if k in rule] if rule else [["(no rule: previews only recorded; calibrate one with "
+                                              "editsynth preview-rule --run RUN)", ""]]
+    rule_keys = [[None, f"previews.rule.{k}"] for k in ("file", "kind", "measured_on", "target_recall", "recall",
+                                                        "stop_rate", "stop_rate_rejected", "positives", "rows")
+                 if k in rule] if rule else None
+    return (f'<h2 id="previews">Previews against final scores</h2>'
+            + _table(["", "value"], [[k.replace("_", " "), previews[k]] for k in counts],
+                     [[None, f"previews.{k}"] for k in counts])
+            + "".join(charts) + table + "<h3>Stop rule</h3>" + _table(["", "value"], rule_rows, rule_keys))
+
+
 def _thumb(data: bytes, ext: str) -> str:
     from PIL import Image
 
@@ -266,6 +302,7 @@ Images are stored for candidates inside the keep bound {_e(numbers['keep_bound']
 <h2 id="marginal">Marginal effect of each threshold</h2>
 {_table(['threshold', 'metric', 'value', 'pairs kept', 'pairs kept without it', 'pairs it removes',
          'candidates only it rejects'], marg_rows, marg_keys)}
+{previews_section(numbers.get("previews"))}
 <h2 id="labels">Filter against labels</h2>{oracle_html}{labels_html}
 <h2 id="breakdown">By edit kind</h2>{breakdown(numbers['breakdown']['edit_kind'])}
 <h2>By instruction keyword (first word)</h2>{breakdown(numbers['breakdown']['keyword'])}
