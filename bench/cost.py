@@ -24,6 +24,8 @@ import json
 import random
 import sys
 import time
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -88,43 +90,93 @@ class Judge:
         return out
 
 
-def run_recipe(name: str, cfg: PipelineConfig, triples: list[Triple], judge: Judge, out: Path,
-               block: int, scorer_for_previews=None) -> tuple[pd.DataFrame, dict]:
-    """Render ``triples`` with ``cfg``, block by block (cached under out/name): rows and summed counters."""
+# Per process (the bench's own, or each of --jobs workers): a Judge per CLIP, a renderer per render config.
+_JUDGES: dict[str, Judge] = {}
+_RENDERERS: dict[str, CandidateRenderer] = {}
+
+
+def judge_for(cfg: PipelineConfig) -> Judge:
+    key = f"{cfg.filter.clip_model}|{cfg.filter.clip_pretrained}"
+    if key not in _JUDGES:
+        _JUDGES[key] = Judge(cfg)
+    return _JUDGES[key]
+
+
+def render_block(cfg: PipelineConfig, triples: list[Triple], part: Path, previews: bool, threads: int) -> str:
+    """Render, score and judge one block of triples; its rows and counters go next to ``part``."""
+    torch.set_num_threads(threads)
+    judge = judge_for(cfg)
+    key = cfg.render.model_dump_json()
+    if key not in _RENDERERS:
+        rule = load_rule(cfg.render.preview.rule) if cfg.render.preview and cfg.render.preview.rule else None
+        loaded = load_pipeline(cfg.render.model, cfg.render.scheduler, "cpu", "float32")
+        _RENDERERS[key] = CandidateRenderer(loaded, cfg.render, judge.scorer.score if previews else None, rule)
+    judge.rows = []
+    counters = RenderCounters()
+    t0 = time.perf_counter()
+    waves = cfg.render.waves is not None
+    for rendered in render_shard(_RENDERERS[key], cfg, triples, counters, judge.score_chunk if waves else None):
+        if not waves:
+            judge.score_chunk(rendered)
+    pd.DataFrame(judge.rows).to_parquet(part.with_suffix(".parquet"))
+    stats = {k: v for k, v in vars(counters).items()}
+    stats["seconds"] = round(time.perf_counter() - t0, 2)
+    part.with_suffix(".json").write_text(json.dumps(stats))   # last: the block is done
+    return f"{part.parent.name}/{part.name}: {len(triples)} triples in {stats['seconds']} s, {counters.unet_rows} UNet rows"
+
+
+def recipe_blocks(name: str, cfg: PipelineConfig, triples: list[Triple], out: Path, block: int,
+                  previews: bool = False) -> tuple[Path, list[tuple]]:
+    """The folder of a recipe's cached blocks, and the render_block arguments of those not done yet."""
     # Cached under the settings that change the blocks: the render section, and the filter when waves read it.
-    key = {"seed": cfg.seed, "render": cfg.render.model_dump(), "filter": cfg.filter.model_dump() if cfg.render.waves else None}
+    key = {"seed": cfg.seed, "render": cfg.render.model_dump(exclude={"steps_reference"}),   # a count, not a setting
+           "filter": cfg.filter.model_dump() if cfg.render.waves else None}
     if cfg.render.preview and cfg.render.preview.rule:
         key["rule"] = Path(cfg.render.preview.rule).read_text()
     folder = out / f"{name}-{stable_id(json.dumps(key, sort_keys=True), length=8)}"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(cfg.model_dump_json(indent=1))
-    rule = load_rule(cfg.render.preview.rule) if cfg.render.preview and cfg.render.preview.rule else None
-    renderer = None
-    frames, totals = [], {}
+    todo = []
     for b in range(0, len(triples), block):
         part = folder / f"block-{b // block:04d}"
-        if not (part.with_suffix(".json")).exists():
-            if renderer is None:
-                loaded = load_pipeline(cfg.render.model, cfg.render.scheduler, "cpu", "float32")
-                renderer = CandidateRenderer(loaded, cfg.render, scorer_for_previews, rule)
-            judge.rows = []
-            counters = RenderCounters()
-            t0 = time.perf_counter()
-            waves = cfg.render.waves is not None
-            for rendered in render_shard(renderer, cfg, triples[b:b + block], counters,
-                                         judge.score_chunk if waves else None):
-                if not waves:
-                    judge.score_chunk(rendered)
-            pd.DataFrame(judge.rows).to_parquet(part.with_suffix(".parquet"))
-            stats = {k: v for k, v in vars(counters).items()}
-            stats["seconds"] = round(time.perf_counter() - t0, 2)
-            part.with_suffix(".json").write_text(json.dumps(stats))   # last: the block is done
-            print(f"{name}: block {b // block} ({len(triples[b:b + block])} triples) in {stats['seconds']} s, "
-                  f"{counters.unet_rows} UNet rows", file=sys.stderr, flush=True)
+        if not part.with_suffix(".json").exists():
+            todo.append((cfg, triples[b:b + block], part, previews))
+    return folder, todo
+
+
+def render_all(todo: list[tuple], jobs: int, threads: int) -> None:
+    """Render the blocks in ``todo``: here, or on ``jobs`` worker processes (blocks are independent)."""
+    if jobs <= 1 or len(todo) <= 1:
+        for args in todo:
+            print(render_block(*args, threads), file=sys.stderr, flush=True)
+        return
+    # spawn: a forked copy of a process that already ran torch's thread pool can hang.
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for done in as_completed([pool.submit(render_block, *args, threads) for args in todo]):
+            print(done.result(), file=sys.stderr, flush=True)
+
+
+def read_recipe(folder: Path, n_triples: int, block: int) -> tuple[pd.DataFrame, dict]:
+    """A recipe's rows and summed counters from its cached blocks."""
+    frames, totals = [], {}
+    for b in range(0, n_triples, block):
+        part = folder / f"block-{b // block:04d}"
         frames.append(pd.read_parquet(part.with_suffix(".parquet")))
         for k, v in json.loads(part.with_suffix(".json").read_text()).items():
             totals[k] = totals.get(k, 0) + v
-    return pd.concat(frames, ignore_index=True), totals
+    rows = pd.concat(frames, ignore_index=True)
+    for column in ("correct", "correct_full"):   # absent when every candidate was stopped
+        if column not in rows:
+            rows[column] = np.nan
+    return rows, totals
+
+
+def run_recipe(name: str, cfg: PipelineConfig, triples: list[Triple], out: Path, block: int, jobs: int,
+               threads: int, previews: bool = False) -> tuple[pd.DataFrame, dict]:
+    """Render ``triples`` with ``cfg``, block by block (cached under out/name): rows and summed counters."""
+    folder, todo = recipe_blocks(name, cfg, triples, out, block, previews)
+    render_all(todo, jobs, threads)
+    return read_recipe(folder, len(triples), block)
 
 
 def choose_thresholds(scores: pd.DataFrame, base: Thresholds, max_pairs: int, max_kept_fraction: float) -> Thresholds:
@@ -167,7 +219,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rule-kind", choices=("logistic", "threshold"), default="logistic")
     ap.add_argument("--block", type=int, default=8, help="triples per cached block")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    ap.add_argument("--jobs", type=int, default=1, help="processes rendering blocks side by side")
     ap.add_argument("--steps-study", default="", metavar="S1,S2",
                     help="also render the paper recipe at these step counts on the same triples and report pair "
                          "quality per step count (steps_study)")
@@ -181,21 +234,25 @@ def main(argv=None) -> int:
     paper = load_config("shapes", [f"render.num_candidates={args.candidates}", f"render.steps={args.paper_steps}",
                                    "render.candidates_per_seed=1", f"render.resources.batch_size={args.candidates}"])
     triples = make_triples(args.triples, args.seed, "bench")
-    judge = Judge(paper)
     max_pairs = paper.filter.max_pairs_per_triple
+    jobs = dict(jobs=args.jobs, threads=args.threads)
 
     # 1. The paper recipe: every candidate to the end. Its scores fix the (strict) thresholds.
-    paper_rows, paper_counters = run_recipe("paper", paper, triples, judge, out, args.block)
+    # 2. Calibration: other triples, our steps, nothing stopped, previews recorded. Its blocks do not
+    #    depend on the thresholds (no waves), so they render beside the paper recipe's.
+    calibration = load_config(args.pipeline, [f"render.num_candidates={args.candidates}", *args.set,
+                                              "render.waves=null", "render.preview.rule="])
+    calibration_triples = make_triples(args.calibration_triples, args.seed, "calibration")
+    paper_folder, paper_todo = recipe_blocks("paper", paper, triples, out, args.block)
+    cal_folder, cal_todo = recipe_blocks("calibration", calibration, calibration_triples, out, args.block, previews=True)
+    render_all(paper_todo + cal_todo, **jobs)
+    paper_rows, paper_counters = read_recipe(paper_folder, len(triples), args.block)
     t = choose_thresholds(paper_rows.assign(status=np.where(paper_rows["sim_0"].notna(), "ok", "failed")),
                           Thresholds.from_config(paper.filter), max_pairs, args.max_kept_fraction)
     filter_set = [f"filter.{k}={v}" for k, v in t.as_dict().items()]
 
-    # 2. Calibration: other triples, our steps, nothing stopped, previews recorded.
     rule_path = out / "preview_rule.json"
-    calibration = load_config(args.pipeline, [f"render.num_candidates={args.candidates}", *args.set, *filter_set,
-                                              "render.waves=null", "render.preview.rule="])
-    cal_rows, cal_counters = run_recipe("calibration", calibration, make_triples(args.calibration_triples, args.seed, "calibration"),
-                             judge, out, args.block, judge.scorer.score)
+    cal_rows, cal_counters = read_recipe(cal_folder, len(calibration_triples), args.block)
     cal_scored = cal_rows.assign(status=np.where(cal_rows["sim_0"].notna(), "ok", "failed"))
     label = passes(cal_scored, t)
     x = cal_rows[[f"preview_{m}" for m in FEATURES]].to_numpy(dtype=float)
@@ -207,7 +264,7 @@ def main(argv=None) -> int:
     # 3. Ours: waves, previews stopped by the rule, our steps, the same thresholds.
     ours = load_config(args.pipeline, [f"render.num_candidates={args.candidates}", *args.set, *filter_set,
                                        f"render.preview.rule={rule_path}"])
-    ours_rows, ours_counters = run_recipe("ours", ours, triples, judge, out, args.block, judge.scorer.score)
+    ours_rows, ours_counters = run_recipe("ours", ours, triples, out, args.block, previews=True, **jobs)
 
     p = outcome(paper_rows, triples, t, max_pairs, paper_counters["unet_rows"], paper_counters["seconds"])
     o = outcome(ours_rows, triples, t, max_pairs, ours_counters["unet_rows"], ours_counters["seconds"])
@@ -237,7 +294,7 @@ def main(argv=None) -> int:
     for steps in [int(v) for v in args.steps_study.split(",") if v.strip()]:
         cfg = paper.model_copy(deep=True)
         cfg.render.steps = steps
-        rows, counters = run_recipe("paper", cfg, triples, judge, out, args.block)
+        rows, counters = run_recipe("paper", cfg, triples, out, args.block, **jobs)
         study[steps] = outcome(rows, triples, t, max_pairs, counters["unet_rows"], counters["seconds"])
     if len(study) > 1:
         result["steps_study"] = {str(k): {key: v[key] for key in ("correct_full_rate_all", "precision", "coverage",
