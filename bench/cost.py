@@ -13,7 +13,7 @@ by the exact oracle with un-named facts (``correct_full``).
 Work is cached per block of triples under ``--out``, so a killed bench resumes where it stopped.
 The last line is one JSON object.
 
-    OMP_NUM_THREADS=1 python bench/cost.py --out runs/bench-cost            # the full bench (CPU-hours here)
+    OMP_NUM_THREADS=1 python bench/cost.py --out runs/bench-cost --jobs 2   # the full bench (~3 CPU-hours here)
     OMP_NUM_THREADS=1 python bench/cost.py --out /tmp/c --triples 8 --calibration-triples 4 --paper-steps 10
 """
 from __future__ import annotations
