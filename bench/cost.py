@@ -44,6 +44,7 @@ from datagen.p2p.render import CandidateRenderer, RenderCounters, RenderedCandid
 from datagen.p2p.stage import render_shard  # noqa: E402
 from datagen.preview_rule import FEATURES, fit_rule, load_rule, rule_metrics, save_rule  # noqa: E402
 from datagen.records import Triple, seed_from, stable_id  # noqa: E402
+from datagen.waves import TripleProgress, after_wave, total_waves  # noqa: E402
 from datagen.shapes import grammar  # noqa: E402
 from datagen.shapes.oracle import judge_pair  # noqa: E402
 
@@ -205,6 +206,40 @@ def outcome(rows: pd.DataFrame, triples: list[Triple], t: Thresholds, max_pairs:
             "correct_full_rate_all": round(float(scored["correct_full"].fillna(False).astype(bool).mean()), 4)}
 
 
+def replay(rows: pd.DataFrame, cfg: PipelineConfig, rule, t: Thresholds, max_pairs: int, rows_per_candidate: float) -> dict:
+    """What ``cfg``'s waves and ``rule`` would have done on triples rendered to the end with previews
+    (the calibration run): the same pure decisions Stage 2 takes, on stored scores. Rows are
+    estimated: a candidate costs the run's mean, a stopped one ``fraction`` of it. It chooses the
+    waves on other triples than the ones the bench reports."""
+    w = cfg.render.waves
+    stop = ~rule.keep(rows[[f"preview_{m}" for m in FEATURES]].to_numpy(dtype=float))
+    finals = rows.assign(stopped=stop)
+    n_waves = total_waves(cfg.render.num_candidates, w) if w else 1
+    spent, rendered = 0.0, []
+    for _, g in finals.sort_values(["triple_id", "index"]).groupby("triple_id", sort=False):
+        progress = TripleProgress()
+        for wave in range(n_waves):
+            part = g[g["index"] // w.size == wave] if w else g
+            spent += rows_per_candidate * (part["stopped"] * cfg.render.preview.fraction + ~part["stopped"]).sum()
+            live = part[~part["stopped"]]
+            rendered.append(live)
+            if not w:
+                break
+            scores = [None if s else {m: r[m] for m in METRICS} for s, (_, r) in zip(part["stopped"], part.iterrows())]
+            progress = after_wave(progress, scores, cfg.filter, w)
+            if progress.state(w, n_waves) != "open":
+                break
+    live = pd.concat(rendered).assign(status="ok").reset_index(drop=True)
+    kept = live[Selector(live).select(t, max_pairs)]
+    n = len(kept)
+    return {"triples": int(rows["triple_id"].nunique()), "kept_pairs": n,
+            "rows_per_kept_pair": round(float(spent) / n, 1) if n else None,
+            "precision": round(float(kept["correct_full"].mean()), 4) if n else None,
+            "coverage": round(kept["triple_id"].nunique() / rows["triple_id"].nunique(), 4),
+            "coverage_all_rendered": round(rows[Selector(rows.assign(status="ok")).select(t, max_pairs)]["triple_id"]
+                                           .nunique() / rows["triple_id"].nunique(), 4)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="folder for the cached blocks and the preview rule")
@@ -266,6 +301,7 @@ def main(argv=None) -> int:
                                        f"render.preview.rule={rule_path}"])
     ours_rows, ours_counters = run_recipe("ours", ours, triples, out, args.block, previews=True, **jobs)
 
+    replayed = replay(cal_rows, ours, rule, t, max_pairs, cal_counters["unet_rows"] / max(len(cal_rows), 1))
     p = outcome(paper_rows, triples, t, max_pairs, paper_counters["unet_rows"], paper_counters["seconds"])
     o = outcome(ours_rows, triples, t, max_pairs, ours_counters["unet_rows"], ours_counters["seconds"])
     previewed = ours_rows[ours_rows["preview_sim_0"].notna()]
@@ -278,7 +314,8 @@ def main(argv=None) -> int:
                     "recall_on_calibration": rule_metrics(rule, x, label)["recall"]} if ours.render.preview else None,
         "paper": p, "ours": o,
         # Calibration is paid once per model and settings, not per triple: apart from ours' rows.
-        "calibration": {"triples": args.calibration_triples, "unet_rows": cal_counters["unet_rows"]},
+        "calibration": {"triples": args.calibration_triples, "unet_rows": cal_counters["unet_rows"],
+                        "ours_replayed": replayed},
         "ours_levers": {"candidates_skipped_by_waves": ours_counters.get("skipped", 0),
                         "unet_rows_saved_waves": ours_counters.get("unet_rows_saved_waves", 0),
                         "candidates_stopped_by_preview": int((ours_rows["status"] == "stopped").sum()),

@@ -19,7 +19,8 @@ def _fast(*extra: str):
     return load_config("shapes-fast", ["captions.num_triples=4", "captions.shard_size=2", "render.num_candidates=6",
                                        "render.steps=6", "render.preview.fraction=0.5", "export.formats=[]",
                                        "filter.min_sim_0=0.5", "filter.min_sim_1=0.5", "filter.keep_min_direction=-1",
-                                       *extra])
+                                       # one passing candidate is enough: a first wave that ends its triple
+                                       "render.waves.k=1", "render.waves.margin=0", *extra])
 
 
 def test_calibrate_on_a_run_then_render_in_waves_with_the_rule(tmp_path, ray_local):
