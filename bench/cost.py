@@ -270,7 +270,7 @@ def main(argv=None) -> int:
                                    "render.candidates_per_seed=1", f"render.resources.batch_size={args.candidates}"])
     triples = make_triples(args.triples, args.seed, "bench")
     max_pairs = paper.filter.max_pairs_per_triple
-    jobs = dict(jobs=args.jobs, threads=args.threads)
+    workers = dict(jobs=args.jobs, threads=args.threads)   # how blocks are rendered
 
     # 1. The paper recipe: every candidate to the end. Its scores fix the (strict) thresholds.
     # 2. Calibration: other triples, our steps, nothing stopped, previews recorded. Its blocks do not
@@ -280,7 +280,7 @@ def main(argv=None) -> int:
     calibration_triples = make_triples(args.calibration_triples, args.seed, "calibration")
     paper_folder, paper_todo = recipe_blocks("paper", paper, triples, out, args.block)
     cal_folder, cal_todo = recipe_blocks("calibration", calibration, calibration_triples, out, args.block, previews=True)
-    render_all(paper_todo + cal_todo, **jobs)
+    render_all(paper_todo + cal_todo, **workers)
     paper_rows, paper_counters = read_recipe(paper_folder, len(triples), args.block)
     t = choose_thresholds(paper_rows.assign(status=np.where(paper_rows["sim_0"].notna(), "ok", "failed")),
                           Thresholds.from_config(paper.filter), max_pairs, args.max_kept_fraction)
@@ -299,7 +299,7 @@ def main(argv=None) -> int:
     # 3. Ours: waves, previews stopped by the rule, our steps, the same thresholds.
     ours = load_config(args.pipeline, [f"render.num_candidates={args.candidates}", *args.set, *filter_set,
                                        f"render.preview.rule={rule_path}"])
-    ours_rows, ours_counters = run_recipe("ours", ours, triples, out, args.block, previews=True, **jobs)
+    ours_rows, ours_counters = run_recipe("ours", ours, triples, out, args.block, previews=True, **workers)
 
     replayed = replay(cal_rows, ours, rule, t, max_pairs, cal_counters["unet_rows"] / max(len(cal_rows), 1))
     p = outcome(paper_rows, triples, t, max_pairs, paper_counters["unet_rows"], paper_counters["seconds"])
@@ -331,7 +331,7 @@ def main(argv=None) -> int:
     for steps in [int(v) for v in args.steps_study.split(",") if v.strip()]:
         cfg = paper.model_copy(deep=True)
         cfg.render.steps = steps
-        rows, counters = run_recipe("paper", cfg, triples, out, args.block, **jobs)
+        rows, counters = run_recipe("paper", cfg, triples, out, args.block, **workers)
         study[steps] = outcome(rows, triples, t, max_pairs, counters["unet_rows"], counters["seconds"])
     if len(study) > 1:
         result["steps_study"] = {str(k): {key: v[key] for key in ("correct_full_rate_all", "precision", "coverage",

@@ -121,13 +121,11 @@ def previews_section(previews: dict[str, Any] | None) -> str:
                    [[None, f"previews.{m}.correlation", f"previews.{m}.mean_final_minus_preview"] for m in metrics])
     counts = ["preview_fraction", "previewed", "stopped", "with_final_scores"]
     rule = previews.get("rule")
-    rule_rows = [[k.replace("_", " "), rule[k]] for k in ("file", "kind", "measured_on", "target_recall", "recall",
-                                                           "stop_rate", "stop_rate_rejected", "positives", "rows")
-                 if k in rule] if rule else [["(no rule: previews only recorded; calibrate one with "
-                                              "editsynth preview-rule --run RUN)", ""]]
-    rule_keys = [[None, f"previews.rule.{k}"] for k in ("file", "kind", "measured_on", "target_recall", "recall",
-                                                        "stop_rate", "stop_rate_rejected", "positives", "rows")
-                 if k in rule] if rule else None
+    shown = [k for k in ("file", "kind", "measured_on", "target_recall", "recall", "stop_rate",
+                         "stop_rate_rejected", "positives", "rows") if rule and k in rule]
+    rule_rows = ([[k.replace("_", " "), rule[k]] for k in shown] if rule else
+                 [["(no rule: previews only recorded; calibrate one with editsynth preview-rule --run RUN)", ""]])
+    rule_keys = [[None, f"previews.rule.{k}"] for k in shown] if rule else None
     return (f'<h2 id="previews">Previews against final scores</h2>'
             + _table(["", "value"], [[k.replace("_", " "), previews[k]] for k in counts],
                      [[None, f"previews.{k}"] for k in counts])

@@ -73,9 +73,11 @@ def plan_shards(cfg: PipelineConfig, store: RunStore) -> list[int]:
     check_keep_bound(cfg)
     shards = store.done_shards(RENDER)
     inline = _scored_inline(store)
-    rendered = store.modified_all(f"{RENDER}/{RENDER}-*.stats.json")      # one listing per stage
-    scored = store.modified_all(f"{STAGE}/{STAGE}-*.stats.json")
-    for s in set(store.done_shards(STAGE)) & set(shards) - inline:
+    scored_apart = set(store.done_shards(STAGE)) & set(shards) - inline
+    if scored_apart:   # their times from one listing per stage (none needed when every shard was scored inline)
+        rendered = store.modified_all(f"{RENDER}/{RENDER}-*.stats.json")
+        scored = store.modified_all(f"{STAGE}/{STAGE}-*.stats.json")
+    for s in scored_apart:
         if rendered[store.stats_name(RENDER, s)] > scored[store.stats_name(STAGE, s)]:
             log.info("filter shard %d is older than render shard %d: redoing it", s, s)
             store.remove(store.stats_name(STAGE, s))
