@@ -129,9 +129,12 @@ def render_block(cfg: PipelineConfig, triples: list[Triple], part: Path, preview
 def recipe_blocks(name: str, cfg: PipelineConfig, triples: list[Triple], out: Path, block: int,
                   previews: bool = False) -> tuple[Path, list[tuple]]:
     """The folder of a recipe's cached blocks, and the render_block arguments of those not done yet."""
-    # Cached under the settings that change the blocks: the render section, and the filter when waves read it.
+    # Cached under what changes the blocks: the triples, the render section, and the filter when waves read it.
     key = {"seed": cfg.seed, "render": cfg.render.model_dump(exclude={"steps_reference"}),   # a count, not a setting
-           "filter": cfg.filter.model_dump() if cfg.render.waves else None}
+           "filter": cfg.filter.model_dump() if cfg.render.waves else None,
+           # Triples are drawn in sequence from the bench's seed: the first names the set (a longer run
+           # of the same seed reuses a shorter one's blocks).
+           "triples": triples[0].triple_id}
     if cfg.render.preview and cfg.render.preview.rule:
         key["rule"] = Path(cfg.render.preview.rule).read_text()
     folder = out / f"{name}-{stable_id(json.dumps(key, sort_keys=True), length=8)}"
