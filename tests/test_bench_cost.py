@@ -1,0 +1,31 @@
+"""bench/cost.py's block cache: a block is reused only for the same triples and render settings."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from datagen.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_cost", REPO / "bench" / "cost.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_blocks_are_cached_per_triple_set_and_settings(tmp_path):
+    bench = _bench()
+    cfg = load_config("shapes", ["render.num_candidates=4"])
+    folder = lambda triples, c=cfg: bench.recipe_blocks("paper", c, triples, tmp_path, block=8)[0]   # noqa: E731
+    seed0, seed1 = bench.make_triples(16, 0, "bench"), bench.make_triples(16, 1, "bench")
+    assert folder(seed0) != folder(seed1)                          # other triples: other blocks
+    assert folder(bench.make_triples(8, 0, "bench")) == folder(seed0)   # a prefix of the same set: shared
+    assert seed0[:8] == bench.make_triples(8, 0, "bench")
+    assert folder(seed0, load_config("shapes", ["render.num_candidates=5"])) != folder(seed0)
+    counted = load_config("shapes", ["render.num_candidates=4", "render.steps_reference=100"])
+    assert folder(seed0, counted) == folder(seed0)                 # a count, not a setting
+    _, todo = bench.recipe_blocks("paper", cfg, seed0, tmp_path, block=8)
+    assert len(todo) == 2                                          # nothing rendered yet: both blocks to do
