@@ -119,6 +119,11 @@ class CaptionsConfig(Section):
     validation: ValidationConfig = ValidationConfig()
     resources: Resources = Resources()
 
+    @property
+    def num_shards(self) -> int:
+        """The run's work units: shard_size triples each (one render and one filter unit per shard)."""
+        return -(-self.num_triples // self.shard_size)
+
     @model_validator(mode="after")
     def _grammar_needs_shapes_captions(self):
         if self.backend == "grammar" and self.source.kind == "shipped":

@@ -135,7 +135,7 @@ def plan(cfg: PipelineConfig, name: str, gpus: int | None = None) -> Plan:
         pipeline=name, triples=triples, captions_wall_hours=captions_wall, candidates_per_triple=r.num_candidates,
         candidates=candidates, gpus=gpus, unet_rows=rows, unet_rows_at_most=bool(levers), unet_flops=flops,
         render_gpu_hours=render_h, render_wall_hours=render_wall,
-        units=-(-triples // cfg.captions.shard_size), render_unit_gpu_minutes=unit_minutes,
+        units=cfg.captions.num_shards, render_unit_gpu_minutes=unit_minutes,
         filter_clip_images=clip_images, filter_gpu_hours=filter_h, filter_wall_hours=filter_wall,
         scores_bytes=candidates * SCORE_BYTES_PER_ROW,
         render_images_bytes=int(candidates * image_bytes) if store == "all" else 0,

@@ -9,7 +9,6 @@ and safe while the run is going.
 from __future__ import annotations
 
 import json
-import math
 import sys
 from collections import Counter
 from pathlib import Path
@@ -50,10 +49,8 @@ def stage_status(store: RunStore, stage: str, planned: int) -> dict:
 def run_status(run: str | Path) -> dict:
     cfg = load_run_config(run)
     store = RunStore(run)
-    # One render and one filter unit per captions unit.
-    planned = math.ceil(cfg.captions.num_triples / cfg.captions.shard_size)
     return {"run": str(run), "pipeline": cfg.name,
-            "stages": [stage_status(store, stage, planned) for stage in STAGES]}
+            "stages": [stage_status(store, stage, cfg.captions.num_shards) for stage in STAGES]}
 
 
 def _hours(h: float | None) -> str:

@@ -9,7 +9,6 @@ does not know its kind of edit (an LLM) gets one from its instruction (edit_kind
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import Counter
 from dataclasses import fields
@@ -66,10 +65,10 @@ def plan_shards(cfg: PipelineConfig, store: RunStore) -> list[int]:
     if ccfg.backend == "openai":
         api_key(ccfg.openai)  # a missing key fails here, before any Ray actor starts
     source = CaptionSource(ccfg.source, cfg.seed)
-    count = planned_count(ccfg, source)
+    count = planned_count(ccfg, source)   # num_triples, checked against the source
     if ccfg.validation.dedup:
         load_duplicates(store, source, count)   # once per run, here in the driver; actors read the flags
-    return list(range(math.ceil(count / ccfg.shard_size)))
+    return list(range(ccfg.num_shards))
 
 
 def preflight(cfg: PipelineConfig) -> None:
