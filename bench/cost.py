@@ -3,9 +3,10 @@
 On the shapes world, the same triples for both recipes:
 - paper: every candidate rendered to the end (``--candidates`` >= 16, ``--paper-steps`` >= 50, seeds
   drawn afresh), scored, top 4 kept;
-- ours: the ``--pipeline`` (shapes-fast) render settings: waves with k/m, previews stopped by a rule,
-  fewer steps. Its preview rule is calibrated first on separate triples (``--calibration-triples``)
-  rendered to the end with previews recorded, for ``--target-recall`` of the would-be-kept ones.
+- ours: the ``--pipeline`` (shapes-fast) render settings: waves with k/m (up to its own candidates per
+  triple, ``--ours-candidates``), previews stopped by a rule, fewer steps. Its preview rule is
+  calibrated first on separate triples (``--calibration-triples``) rendered to the end with previews
+  recorded, for ``--target-recall`` of the would-be-kept ones.
 The filter thresholds are the shapes pipeline's, with min_direction raised until the paper recipe keeps
 at most ``--max-kept-fraction`` of its candidates; both recipes are judged with them. Pairs are judged
 by the exact oracle with un-named facts (``correct_full``).
@@ -250,7 +251,9 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override our recipe's config")
     ap.add_argument("--triples", type=int, default=200)
     ap.add_argument("--calibration-triples", type=int, default=60)
-    ap.add_argument("--candidates", type=int, default=16, help="per triple, both recipes (the most ours starts)")
+    ap.add_argument("--candidates", type=int, default=16, help="per triple, the paper recipe's")
+    ap.add_argument("--ours-candidates", type=int, default=None,
+                    help="the most ours starts per triple (default: its pipeline's render.num_candidates)")
     ap.add_argument("--paper-steps", type=int, default=50)
     ap.add_argument("--max-kept-fraction", type=float, default=0.10)
     ap.add_argument("--target-recall", type=float, default=0.95)
@@ -268,7 +271,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
 
-    ours = load_config(args.pipeline, [f"render.num_candidates={args.candidates}", *args.set])
+    ours_set = [f"render.num_candidates={args.ours_candidates}"] * (args.ours_candidates is not None) + args.set
+    ours = load_config(args.pipeline, ours_set)   # a bad --set fails here, before hours of rendering
     paper = load_config("shapes", [f"render.num_candidates={args.candidates}", f"render.steps={args.paper_steps}",
                                    "render.candidates_per_seed=1", f"render.resources.batch_size={args.candidates}"])
     triples = make_triples(args.triples, args.seed, "bench")
@@ -278,8 +282,7 @@ def main(argv=None) -> int:
     # 1. The paper recipe: every candidate to the end. Its scores fix the (strict) thresholds.
     # 2. Calibration: other triples, our steps, nothing stopped, previews recorded. Its blocks do not
     #    depend on the thresholds (no waves), so they render beside the paper recipe's.
-    calibration = load_config(args.pipeline, [f"render.num_candidates={args.candidates}", *args.set,
-                                              "render.waves=null", "render.preview.rule="])
+    calibration = load_config(args.pipeline, [*ours_set, "render.waves=null", "render.preview.rule="])
     calibration_triples = make_triples(args.calibration_triples, args.seed, "calibration")
     paper_folder, paper_todo = recipe_blocks("paper", paper, triples, out, args.block)
     cal_folder, cal_todo = recipe_blocks("calibration", calibration, calibration_triples, out, args.block, previews=True)
@@ -300,7 +303,7 @@ def main(argv=None) -> int:
     save_rule(rule, rule_path)
 
     # 3. Ours: waves, previews stopped by the rule, our steps, the same thresholds.
-    ours = load_config(args.pipeline, [f"render.num_candidates={args.candidates}", *args.set, *filter_set,
+    ours = load_config(args.pipeline, [*ours_set, *filter_set,
                                        f"render.preview.rule={rule_path}"])
     ours_rows, ours_counters = run_recipe("ours", ours, triples, out, args.block, previews=True, **workers)
 
@@ -309,7 +312,8 @@ def main(argv=None) -> int:
     o = outcome(ours_rows, triples, t, max_pairs, ours_counters["unet_rows"], ours_counters["seconds"])
     previewed = ours_rows[ours_rows["preview_sim_0"].notna()]
     result = {
-        "triples": len(triples), "candidates_per_triple": args.candidates, "paper_steps": args.paper_steps,
+        "triples": len(triples), "candidates_per_triple": args.candidates,
+        "ours_candidates_per_triple": ours.render.num_candidates, "paper_steps": args.paper_steps,
         "ours_steps": ours.render.steps, "ours_pipeline": args.pipeline, "thresholds": t.as_dict(),
         "waves": ours.render.waves.model_dump() if ours.render.waves else None,
         "preview": {"fraction": ours.render.preview.fraction, "rule": rule.kind, "target_recall": rule.target_recall,
