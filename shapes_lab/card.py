@@ -216,6 +216,10 @@ The T2I's UNet is being fine-tuned on world-2 renders (`train-t2i --steps 14500 
 runs/shapes-train-world2 --out resume/t2i-world2`, from the shipped step 11,500, about 9-14 s a
 step on a shared machine): a candidate under `resume/` with its own log, which replaces no
 shipped weights until `eval-t2i --model resume/t2i-world2` finds it over the bar (0.9).
+At step 12,500 it clears that bar (0.93 of 200) but hardly draws world 2's offsets: its small
+objects' offsets spread 0.58 px (std; `x_offset_std` of `eval-t2i --model resume/t2i-world2 --n
+200`) where the renders of the same captions spread 1.97 and the shipped T2I 0.37. Caption match
+cannot see what it is trained for, so it is not shipped.
 
 What the shipped T2I means for Prompt-to-Prompt (`editsynth shapes p2p-study --triples 96 --seeds 4
 --p-sweep 0.1,0.5,0.9`; `shapes_lab/figures/p2p-study.json`; 96 triples x 4 seeds, paired by seed):

@@ -109,3 +109,17 @@ def test_a_candidate_leaves_the_shipped_weights_alone_and_a_fresh_machine_resume
                          out=candidate, image_only=True)
     assert f"resumed from the fp16 weights in {candidate} at step 4" in caplog.text
     assert json.loads((candidate / "train_state.json").read_text())["step"] == 5
+
+
+def test_unnamed_spread_reads_the_offsets_a_t2i_draws():
+    # Renders are drawn exactly: their parsed offsets spread as the scenes' do. Objects set at their
+    # slots' centres (what a T2I that ignores world 2 draws) match the same captions and spread none.
+    from dataclasses import replace
+
+    from datagen.shapes import data, world
+    scenes = data.scene_batch(7, 48)
+    spread = train.unnamed_spread([world.render(s, 64) for s in scenes], scenes)
+    assert spread["x_offset_std_renders"] > 1.0
+    assert spread["x_offset_std"] == pytest.approx(spread["x_offset_std_renders"], abs=0.01)
+    centred = [replace(s, objects=tuple(replace(o, x_offset=0) for o in s.objects)) for s in scenes]
+    assert train.unnamed_spread([world.render(s, 64) for s in centred], scenes)["x_offset_std"] == 0.0
