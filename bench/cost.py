@@ -271,7 +271,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
 
-    ours_set = [f"render.num_candidates={args.ours_candidates}"] * (args.ours_candidates is not None) + args.set
+    ours_budget = [] if args.ours_candidates is None else [f"render.num_candidates={args.ours_candidates}"]
+    ours_set = ours_budget + args.set
     ours = load_config(args.pipeline, ours_set)   # a bad --set fails here, before hours of rendering
     paper = load_config("shapes", [f"render.num_candidates={args.candidates}", f"render.steps={args.paper_steps}",
                                    "render.candidates_per_seed=1", f"render.resources.batch_size={args.candidates}"])

@@ -299,19 +299,20 @@ def evaluate_t2i(pipe, n: int = 64, steps: int = 25, guidance: float = 4.0, seed
     for i in range(0, n, 16):
         images += pipe(caps[i:i + 16], num_inference_steps=steps, guidance_scale=guidance, generator=gen,
                        height=64, width=64).images
-    rows = [oracle.caption_agreement(im, c) for im, c in zip(images, caps)]
+    parsed = [oracle.parse_image(im) for im in images]   # once: caption match and spread both read it
+    rows = [oracle.scene_agreement(p, c) for p, c in zip(parsed, caps)]
     metrics = {k: round(sum(r[k] for r in rows) / n, 4) for k in rows[0]}
-    return {**metrics, **unnamed_spread(images, scenes)}, images
+    return {**metrics, **unnamed_spread(parsed, scenes)}, images
 
 
-def unnamed_spread(images, scenes) -> dict:
-    """How far the generated small objects' un-named offsets spread (std, px) against the renders'
-    of the same captions. Caption match cannot see them: a T2I that sets every object at its slot's
-    centre matches as many captions and draws none of world 2 (a large object has 1 px of room)."""
+def unnamed_spread(parsed, scenes) -> dict:
+    """How far the small objects of scenes parsed from generated images spread their un-named offsets
+    (std, px) against the renders' of the same captions (``scenes``). Caption match cannot see them: a
+    T2I that sets every object at its slot's centre matches as many captions and draws none of world 2
+    (a large object has 1 px of room)."""
     def std(values) -> float | None:
         return round(float(np.std(values)), 3) if values else None
-    generated = [o.x_offset for im in images for o in oracle.parse_image(im).objects
-                 if o.size == "small" and o.x_offset is not None]
+    generated = [o.x_offset for p in parsed for o in p.objects if o.size == "small" and o.x_offset is not None]
     rendered = [o.x_offset for s in scenes for o in s.objects if o.size == "small"]
     return {"x_offset_std": std(generated), "x_offset_std_renders": std(rendered)}
 

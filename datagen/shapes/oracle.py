@@ -152,7 +152,12 @@ def caption_agreement(img, caption: str) -> dict[str, bool]:
     Object attributes are judged on the objects found in the captioned slots; a missing
     object counts as wrong for every attribute.
     """
-    parsed, expected = parse_image(img), parse_caption(caption)
+    return scene_agreement(parse_image(img), caption)
+
+
+def scene_agreement(parsed: Scene, caption: str) -> dict[str, bool]:
+    """caption_agreement of a scene already parsed from its image."""
+    expected = parse_caption(caption)
     agreement = {"background": parsed.background == expected.background,
                  "count": len(parsed.objects) == len(expected.objects)}
     for attr in ("colour", "shape", "size"):

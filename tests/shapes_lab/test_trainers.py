@@ -116,10 +116,11 @@ def test_unnamed_spread_reads_the_offsets_a_t2i_draws():
     # slots' centres (what a T2I that ignores world 2 draws) match the same captions and spread none.
     from dataclasses import replace
 
-    from datagen.shapes import data, world
+    from datagen.shapes import data, oracle, world
     scenes = data.scene_batch(7, 48)
-    spread = train.unnamed_spread([world.render(s, 64) for s in scenes], scenes)
+    spread = train.unnamed_spread([oracle.parse_image(world.render(s, 64)) for s in scenes], scenes)
     assert spread["x_offset_std_renders"] > 1.0
     assert spread["x_offset_std"] == pytest.approx(spread["x_offset_std_renders"], abs=0.01)
     centred = [replace(s, objects=tuple(replace(o, x_offset=0) for o in s.objects)) for s in scenes]
-    assert train.unnamed_spread([world.render(s, 64) for s in centred], scenes)["x_offset_std"] == 0.0
+    centred_spread = train.unnamed_spread([oracle.parse_image(world.render(s, 64)) for s in centred], scenes)
+    assert centred_spread["x_offset_std"] == 0.0
