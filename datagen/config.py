@@ -135,14 +135,24 @@ class CaptionsConfig(Section):
 class WavesConfig(Section):
     """Render a triple's candidates in waves of ``size`` and stop early (issue 41): once ``k`` of its
     candidates pass the filter's thresholds by ``margin`` its remaining waves are skipped (enough);
-    after ``m`` waves with no candidate within ``near`` of passing it is given up (hopeless).
-    Margins are added to (``near``: taken from) each of the filter's four thresholds."""
+    after ``m`` waves with no candidate within ``near`` of passing it is given up (hopeless), and
+    with ``far`` set already after its first wave when every candidate scored so far falls further
+    than ``far`` short of passing. Margins are added to (``near``, ``far``: taken from) each of the
+    filter's four thresholds."""
 
     size: int = Field(4, ge=1)          # candidates of one triple per wave
     k: int = Field(1, ge=1)             # enough: passes with margin before the triple stops
     m: int = Field(2, ge=1)             # hopeless: waves with no candidate near passing
     margin: float = Field(0.0, ge=0)    # a pass counts toward k only this far above every threshold
     near: float = Field(0.02, ge=0)     # near passing: every metric within this of its threshold
+    far: float | None = Field(None, ge=0)   # hopeless after one wave: every scored candidate this far short
+
+    @model_validator(mode="after")
+    def _far_beyond_near(self):
+        if self.far is not None and self.far <= self.near:
+            raise ValueError(f"render.waves.far ({self.far}) must exceed render.waves.near ({self.near}): it gives up "
+                             "on triples after one wave, before m waves judge them by near")
+        return self
 
 
 class PreviewConfig(Section):

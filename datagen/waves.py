@@ -4,7 +4,8 @@ A triple's candidates are rendered in waves of ``render.waves.size`` (index orde
 wave its candidates' final scores are known (the render actor scores inline), and the triple
 - is *enough* once ``k`` of its candidates pass every filter threshold by ``margin``;
 - is *hopeless* once ``m`` waves are done and none of its candidates came within ``near`` of
-  passing (each metric at least its threshold minus ``near``);
+  passing (each metric at least its threshold minus ``near``), or, with ``far`` set, already after
+  one wave when every candidate scored so far fell further than ``far`` short of passing;
 - is *open* otherwise, until its last wave.
 Pure functions of the scores and the config, so the decision can be redone from stored scores.
 """
@@ -32,6 +33,15 @@ def meets(scores: dict[str, float] | None, bounds: dict[str, float]) -> bool:
     return all(math.isfinite(scores.get(m, math.nan)) and scores[m] >= b for m, b in bounds.items())
 
 
+def shortfall(scores: dict[str, float] | None, f: FilterConfig) -> float:
+    """How far the candidate falls short of passing: the largest gap below a threshold (<= 0: it
+    passes); inf when it has no scores (stopped, failed) or a metric is missing."""
+    if scores is None:
+        return math.inf
+    gaps = [b - scores.get(m, math.nan) for m, b in metric_bounds(f).items()]
+    return max(gaps) if all(math.isfinite(g) for g in gaps) else math.inf
+
+
 @dataclass
 class TripleProgress:
     """What the waves so far left a triple with."""
@@ -40,12 +50,16 @@ class TripleProgress:
     candidates: int = 0   # candidates started
     passed: int = 0       # passed with margin
     near: int = 0         # came within ``near`` of passing (passers included)
+    closest: float = math.inf   # the smallest shortfall of its scored candidates (inf: none scored)
 
     def state(self, w: WavesConfig, total_waves: int) -> str:
         """open | enough | hopeless | done (every wave rendered)."""
         if self.passed >= w.k:
             return "enough"
         if self.waves >= w.m and self.near == 0:
+            return "hopeless"
+        # A scored wave far from passing is evidence enough; a wave the previews stopped whole is none.
+        if w.far is not None and w.far < self.closest < math.inf:
             return "hopeless"
         return "done" if self.waves >= total_waves else "open"
 
@@ -56,7 +70,8 @@ def after_wave(progress: TripleProgress, wave_scores: list[dict[str, float] | No
     passing, near = metric_bounds(f, w.margin), metric_bounds(f, -w.near)
     return TripleProgress(waves=progress.waves + 1, candidates=progress.candidates + len(wave_scores),
                           passed=progress.passed + sum(meets(s, passing) for s in wave_scores),
-                          near=progress.near + sum(meets(s, near) for s in wave_scores))
+                          near=progress.near + sum(meets(s, near) for s in wave_scores),
+                          closest=min([progress.closest, *(shortfall(s, f) for s in wave_scores)]))
 
 
 def total_waves(num_candidates: int, w: WavesConfig) -> int:

@@ -7,7 +7,7 @@ from datagen.config import FilterConfig, PipelineConfig, WavesConfig
 from datagen.p2p.loading import load_pipeline
 from datagen.p2p.render import CandidateRenderer, RenderCounters
 from datagen.p2p.stage import render_shard
-from datagen.waves import TripleProgress, after_wave
+from datagen.waves import TripleProgress, after_wave, shortfall
 
 from .conftest import make_triple, render_config
 
@@ -34,6 +34,24 @@ def test_a_triple_is_hopeless_after_m_waves_with_none_near():
     assert p.state(w, 4) == "open"
     assert after_wave(p, [FAR] * 4, FILTER, w).state(w, 4) == "hopeless"
     assert after_wave(p, [NEAR, FAR, FAR, FAR], FILTER, w).state(w, 4) == "open"   # within 0.02 of passing
+
+
+def test_a_triple_far_from_passing_is_hopeless_after_one_wave():
+    w = WavesConfig(size=4, k=1, m=3, near=0.02, far=0.1)
+    assert shortfall(FAR, FILTER) == pytest.approx(0.7) and shortfall(PASS, FILTER) < 0
+    assert after_wave(TripleProgress(), [FAR] * 4, FILTER, w).state(w, 4) == "hopeless"
+    without = WavesConfig(size=4, k=1, m=3, near=0.02)
+    assert after_wave(TripleProgress(), [FAR] * 4, FILTER, without).state(without, 4) == "open"
+    within_far = {**PASS, "sim_direction": 0.15}        # 0.05 short: not near, but not far either
+    assert after_wave(TripleProgress(), [within_far, FAR, FAR, FAR], FILTER, w).state(w, 4) == "open"
+    # Candidates the previews stopped have no scores: a wave of them is no evidence of anything.
+    assert after_wave(TripleProgress(), [None] * 4, FILTER, w).state(w, 4) == "open"
+    assert after_wave(TripleProgress(), [None, None, FAR, None], FILTER, w).state(w, 4) == "hopeless"
+
+
+def test_far_must_exceed_near():
+    with pytest.raises(ValueError, match="far"):
+        WavesConfig(near=0.05, far=0.05)
 
 
 def test_a_triple_that_never_decides_renders_every_wave():
@@ -79,6 +97,16 @@ def test_hopeless_triples_stop_at_m(renderer, tiny_sd_dir):
     assert per_triple[hopeless] == list(range(8))
     assert all(per_triple[t.triple_id] == list(range(12)) for t in TRIPLES[1:])
     assert counters.skipped == 4
+
+
+def test_far_triples_stop_after_one_wave(renderer, tiny_sd_dir):
+    far = TRIPLES[0].triple_id
+    started, counters, progress = render_in_waves(renderer, tiny_sd_dir,
+                                                  lambda c: FAR if c.triple_id == far else NEAR,
+                                                  size=4, k=1, m=2, far=0.1)
+    assert sorted(c.index for c in started if c.triple_id == far) == list(range(4))
+    assert progress[far].state(WavesConfig(size=4, k=1, m=2, far=0.1), 3) == "hopeless"
+    assert counters.skipped == 8
 
 
 def test_a_wave_renders_in_chunks_of_the_open_triples(renderer, tiny_sd_dir):
