@@ -207,7 +207,16 @@ def outcome(rows: pd.DataFrame, triples: list[Triple], t: Thresholds, max_pairs:
             "precision_named": round(float(chosen["correct"].mean()), 4) if n_kept else None,
             "coverage": round(chosen["triple_id"].nunique() / len(triples), 4),
             "kept_fraction": round(n_kept / max(len(rows), 1), 4), "render_seconds": round(seconds, 1),
-            "correct_full_rate_all": round(float(scored["correct_full"].fillna(False).astype(bool).mean()), 4)}
+            "correct_full_rate_all": round(float(scored["correct_full"].fillna(False).astype(bool).mean()), 4),
+            # Edit kinds differ most in how often any candidate passes: where coverage is won or lost.
+            "coverage_by_kind": coverage_by_kind(chosen, triples)}
+
+
+def coverage_by_kind(chosen: pd.DataFrame, triples: list[Triple]) -> dict[str, float]:
+    """Per edit kind, the share of its triples with a kept pair."""
+    covered = set(chosen["triple_id"])
+    kinds = pd.Series([t.triple_id in covered for t in triples], index=[t.edit_kind for t in triples])
+    return {kind: round(float(v), 4) for kind, v in kinds.groupby(level=0).mean().items()}
 
 
 def replay(rows: pd.DataFrame, cfg: PipelineConfig, rule, t: Thresholds, max_pairs: int, rows_per_candidate: float) -> dict:

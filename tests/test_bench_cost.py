@@ -29,3 +29,15 @@ def test_blocks_are_cached_per_triple_set_and_settings(tmp_path):
     assert folder(seed0, counted) == folder(seed0)                 # a count, not a setting
     _, todo = bench.recipe_blocks("paper", cfg, seed0, tmp_path, block=8)
     assert len(todo) == 2                                          # nothing rendered yet: both blocks to do
+
+
+def test_coverage_is_broken_down_by_edit_kind():
+    bench = _bench()
+    triples = bench.make_triples(12, 0, "bench")
+    kinds = sorted({t.edit_kind for t in triples})
+    first_of = {k: next(t for t in triples if t.edit_kind == k) for k in kinds}
+    chosen = bench.pd.DataFrame({"triple_id": [first_of[kinds[0]].triple_id]})
+    share = bench.coverage_by_kind(chosen, triples)
+    assert set(share) == set(kinds)
+    assert share[kinds[0]] == round(1 / sum(t.edit_kind == kinds[0] for t in triples), 4)
+    assert all(share[k] == 0.0 for k in kinds[1:])
