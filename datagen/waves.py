@@ -6,6 +6,7 @@ wave its candidates' final scores are known (the render actor scores inline), an
 - is *hopeless* once ``m`` waves are done and none of its candidates came within ``near`` of
   passing (each metric at least its threshold minus ``near``), or, with ``far`` set, already after
   one wave when every candidate scored so far fell further than ``far`` short of passing;
+  a candidate's *shortfall* is its largest gap below a threshold, so all three read one number;
 - is *open* otherwise, until its last wave.
 Pure functions of the scores and the config, so the decision can be redone from stored scores.
 """
@@ -49,14 +50,13 @@ class TripleProgress:
     waves: int = 0        # waves rendered
     candidates: int = 0   # candidates started
     passed: int = 0       # passed with margin
-    near: int = 0         # came within ``near`` of passing (passers included)
     closest: float = math.inf   # the smallest shortfall of its scored candidates (inf: none scored)
 
     def state(self, w: WavesConfig, total_waves: int) -> str:
         """open | enough | hopeless | done (every wave rendered)."""
         if self.passed >= w.k:
             return "enough"
-        if self.waves >= w.m and self.near == 0:
+        if self.waves >= w.m and self.closest > w.near:
             return "hopeless"
         # A scored wave far from passing is evidence enough; a wave the previews stopped whole is none.
         if w.far is not None and w.far < self.closest < math.inf:
@@ -67,11 +67,10 @@ class TripleProgress:
 def after_wave(progress: TripleProgress, wave_scores: list[dict[str, float] | None], f: FilterConfig,
                w: WavesConfig) -> TripleProgress:
     """``progress`` once one more wave with these candidates' final scores (None: no scores) is in."""
-    passing, near = metric_bounds(f, w.margin), metric_bounds(f, -w.near)
+    gaps = [shortfall(s, f) for s in wave_scores]
     return TripleProgress(waves=progress.waves + 1, candidates=progress.candidates + len(wave_scores),
-                          passed=progress.passed + sum(meets(s, passing) for s in wave_scores),
-                          near=progress.near + sum(meets(s, near) for s in wave_scores),
-                          closest=min([progress.closest, *(shortfall(s, f) for s in wave_scores)]))
+                          passed=progress.passed + sum(g <= -w.margin for g in gaps),
+                          closest=min([progress.closest, *gaps]))
 
 
 def total_waves(num_candidates: int, w: WavesConfig) -> int:
