@@ -13,7 +13,7 @@ import numpy as np
 from datagen.config import load_run_config
 from datagen.preview_rule import FEATURES, PreviewRule, fit_rule, rule_metrics
 from datagen.store import RunStore
-from datagen.waves import meets, metric_bounds
+from datagen.waves import shortfall
 
 SCORES_STAGE = "filter"   # read from the store, never imported: stages meet only there
 
@@ -27,7 +27,7 @@ def calibration_rows(run: str | Path, overrides: list[str] | tuple[str, ...] = (
     shards = sorted(set(store.done_shards("render")) & set(store.done_shards(SCORES_STAGE)))
     if not shards:
         raise ValueError(f"run {run} has no shard both rendered and scored")
-    bounds = metric_bounds(cfg.filter, cfg.render.waves.margin if cfg.render.waves else 0.0)
+    margin = cfg.render.waves.margin if cfg.render.waves else 0.0
     x, kept = [], []
     for shard in shards:
         finals = {r["candidate_id"]: r for r in store.read_table(SCORES_STAGE, shard) if r["status"] == "ok"}
@@ -39,7 +39,7 @@ def calibration_rows(run: str | Path, overrides: list[str] | tuple[str, ...] = (
             if f is None or r.get("preview_sim_0") is None:
                 continue
             x.append([r[f"preview_{m}"] for m in FEATURES])
-            kept.append(meets(f, bounds))
+            kept.append(shortfall(f, cfg.filter) <= -margin)   # a pass as the waves count it
     settings = {"fraction": cfg.render.preview.fraction, "steps": cfg.render.steps, "shards": len(shards)}
     return np.array(x, dtype=float).reshape(-1, len(FEATURES)), np.array(kept, dtype=bool), settings
 

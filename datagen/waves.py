@@ -22,24 +22,12 @@ METRIC_THRESHOLD = {"sim_0": "min_sim_0", "sim_1": "min_sim_1", "sim_direction":
                     "sim_image": "min_image"}
 
 
-def metric_bounds(f: FilterConfig, shift: float = 0.0) -> dict[str, float]:
-    """The filter's lower bound on each metric, moved up by ``shift`` (down when negative)."""
-    return {metric: getattr(f, key) + shift for metric, key in METRIC_THRESHOLD.items()}
-
-
-def meets(scores: dict[str, float] | None, bounds: dict[str, float]) -> bool:
-    """Every metric present, finite and at least its bound (a stopped or failed candidate: never)."""
-    if scores is None:
-        return False
-    return all(math.isfinite(scores.get(m, math.nan)) and scores[m] >= b for m, b in bounds.items())
-
-
 def shortfall(scores: dict[str, float] | None, f: FilterConfig) -> float:
     """How far the candidate falls short of passing: the largest gap below a threshold (<= 0: it
     passes); inf when it has no scores (stopped, failed) or a metric is missing."""
     if scores is None:
         return math.inf
-    gaps = [b - scores.get(m, math.nan) for m, b in metric_bounds(f).items()]
+    gaps = [getattr(f, key) - scores.get(m, math.nan) for m, key in METRIC_THRESHOLD.items()]
     return max(gaps) if all(math.isfinite(g) for g in gaps) else math.inf
 
 
