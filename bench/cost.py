@@ -16,6 +16,7 @@ The last line is one JSON object.
 
     OMP_NUM_THREADS=1 python bench/cost.py --out runs/bench-cost --jobs 2   # the full bench (~3 CPU-hours here)
     OMP_NUM_THREADS=1 python bench/cost.py --out /tmp/c --triples 8 --calibration-triples 4 --paper-steps 10
+    OMP_NUM_THREADS=1 python bench/cost.py --out runs/bench-cost --jobs 2 --seeds 0,1,2   # three sets, then pooled
 """
 from __future__ import annotations
 
@@ -131,7 +132,11 @@ def recipe_blocks(name: str, cfg: PipelineConfig, triples: list[Triple], out: Pa
                   previews: bool = False) -> tuple[Path, list[tuple]]:
     """The folder of a recipe's cached blocks, and the render_block arguments of those not done yet."""
     # Cached under what changes the blocks: the triples, the render section, and the filter when waves read it.
-    key = {"seed": cfg.seed, "render": cfg.render.model_dump(exclude={"steps_reference"}),   # a count, not a setting
+    render = cfg.render.model_dump(exclude={"steps_reference"})   # a count, not a setting
+    if render["waves"] and render["waves"]["rescue_after"] is None:
+        # Off, the rescue (added after blocks were first cached) leaves the key as it was: they stay valid.
+        del render["waves"]["rescue_after"], render["waves"]["rescue_near"]
+    key = {"seed": cfg.seed, "render": render,
            "filter": cfg.filter.model_dump() if cfg.render.waves else None,
            # Triples are drawn in sequence from the bench's seed: the first names the set (a longer run
            # of the same seed reuses a shorter one's blocks).
@@ -254,6 +259,53 @@ def replay(rows: pd.DataFrame, cfg: PipelineConfig, rule, t: Thresholds, max_pai
 
 
 def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else [args.seed]
+    results = []
+    for seed in seeds:
+        results.append(bench_set(args, seed))
+        print(json.dumps(results[-1]), flush=True)
+    if len(results) > 1:
+        print(json.dumps(pooled(results)))
+    return 0
+
+
+# The issue's targets: >= 5x fewer rows per kept pair, precision no lower (within 0.01), coverage >= 95 %.
+TARGETS = {"rows_per_kept_pair_ratio": 5.0, "precision_difference": -0.01, "coverage_ratio": 0.95}
+
+
+def judged(paper: dict, ours: dict) -> dict:
+    """The three target figures of two recipes' outcomes, the standard error of the precision
+    difference (two binomials: at ~300 kept pairs a set it is near 0.036), and which targets hold."""
+    figures = {"rows_per_kept_pair_ratio": round(paper["rows_per_kept_pair"] / ours["rows_per_kept_pair"], 2),
+               "precision_difference": round(ours["precision"] - paper["precision"], 4),
+               "coverage_ratio": round(ours["coverage"] / paper["coverage"], 4)}
+    se = sum(r["precision"] * (1 - r["precision"]) / r["kept_pairs"] for r in (paper, ours)) ** 0.5
+    return {**figures, "precision_difference_se": round(se, 4),
+            "targets_met": {k: figures[k] >= bound for k, bound in TARGETS.items()}}
+
+
+def pooled(results: list[dict]) -> dict:
+    """Several sets of triples (``--seeds``) as one: rows, kept pairs, correct pairs and covered triples
+    summed per recipe, so a target is judged on all of them at once."""
+    out = {"seeds": [r["seed"] for r in results], "triples": sum(r["triples"] for r in results)}
+    for name in ("paper", "ours"):
+        kept = sum(r[name]["kept_pairs"] for r in results)
+        out[name] = {"unet_rows": sum(r[name]["unet_rows"] for r in results), "kept_pairs": kept,
+                     "rows_per_kept_pair": round(sum(r[name]["unet_rows"] for r in results) / kept, 1),
+                     "precision": round(sum(r[name]["precision"] * r[name]["kept_pairs"] for r in results) / kept, 4),
+                     "coverage": round(sum(r[name]["coverage"] * r["triples"] for r in results) / out["triples"], 4),
+                     "kept_fraction": round(kept / sum(r[name]["candidates_started"] for r in results), 4)}
+    p, o = out["paper"], out["ours"]
+    out.update(rows_per_kept_pair_paper=p["rows_per_kept_pair"], rows_per_kept_pair_ours=o["rows_per_kept_pair"],
+               precision_paper=p["precision"], precision_ours=o["precision"], coverage_paper=p["coverage"],
+               coverage_ours=o["coverage"], kept_fraction_paper=p["kept_fraction"], **judged(p, o),
+               per_seed={str(r["seed"]): {k: r[k] for k in (*TARGETS, "targets_met")} for r in results})
+    return out
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="folder for the cached blocks and the preview rule")
     ap.add_argument("--pipeline", default="shapes-fast", help="our recipe's pipeline (pipelines.yaml)")
@@ -268,14 +320,19 @@ def main(argv=None) -> int:
     ap.add_argument("--target-recall", type=float, default=0.95)
     ap.add_argument("--rule-kind", choices=("logistic", "threshold"), default="logistic")
     ap.add_argument("--block", type=int, default=8, help="triples per cached block")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="which set of triples (and calibration triples)")
+    ap.add_argument("--seeds", default="", metavar="S1,S2",
+                    help="several sets, one JSON line each, then one line for all of them pooled (the last)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument("--jobs", type=int, default=1, help="processes rendering blocks side by side")
     ap.add_argument("--steps-study", default="", metavar="S1,S2",
                     help="also render the paper recipe at these step counts on the same triples and report pair "
                          "quality per step count (steps_study)")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    return ap.parse_args(argv)
+
+
+def bench_set(args: argparse.Namespace, seed: int) -> dict:
+    """Both recipes on the set of triples of ``seed``: the result of one set."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -285,7 +342,7 @@ def main(argv=None) -> int:
     ours = load_config(args.pipeline, ours_set)   # a bad --set fails here, before hours of rendering
     paper = load_config("shapes", [f"render.num_candidates={args.candidates}", f"render.steps={args.paper_steps}",
                                    "render.candidates_per_seed=1", f"render.resources.batch_size={args.candidates}"])
-    triples = make_triples(args.triples, args.seed, "bench")
+    triples = make_triples(args.triples, seed, "bench")
     max_pairs = paper.filter.max_pairs_per_triple
     workers = dict(jobs=args.jobs, threads=args.threads)   # how blocks are rendered
 
@@ -293,7 +350,7 @@ def main(argv=None) -> int:
     # 2. Calibration: other triples, our steps, nothing stopped, previews recorded. Its blocks do not
     #    depend on the thresholds (no waves), so they render beside the paper recipe's.
     calibration = load_config(args.pipeline, [*ours_set, "render.waves=null", "render.preview.rule="])
-    calibration_triples = make_triples(args.calibration_triples, args.seed, "calibration")
+    calibration_triples = make_triples(args.calibration_triples, seed, "calibration")
     paper_folder, paper_todo = recipe_blocks("paper", paper, triples, out, args.block)
     cal_folder, cal_todo = recipe_blocks("calibration", calibration, calibration_triples, out, args.block, previews=True)
     render_all(paper_todo + cal_todo, **workers)
@@ -322,7 +379,7 @@ def main(argv=None) -> int:
     o = outcome(ours_rows, triples, t, max_pairs, ours_counters["unet_rows"], ours_counters["seconds"])
     previewed = ours_rows[ours_rows["preview_sim_0"].notna()]
     result = {
-        "triples": len(triples), "candidates_per_triple": args.candidates,
+        "seed": seed, "triples": len(triples), "candidates_per_triple": args.candidates,
         "ours_candidates_per_triple": ours.render.num_candidates, "paper_steps": args.paper_steps,
         "ours_steps": ours.render.steps, "ours_pipeline": args.pipeline, "thresholds": t.as_dict(),
         "waves": ours.render.waves.model_dump() if ours.render.waves else None,
@@ -354,10 +411,9 @@ def main(argv=None) -> int:
         result["steps_study"] = {str(k): {key: v[key] for key in ("correct_full_rate_all", "precision", "coverage",
                                                                    "kept_fraction", "rows_per_kept_pair")}
                                  for k, v in sorted(study.items())}
-    if p["rows_per_kept_pair"] and o["rows_per_kept_pair"]:
-        result["rows_per_kept_pair_ratio"] = round(p["rows_per_kept_pair"] / o["rows_per_kept_pair"], 2)
-    print(json.dumps(result))
-    return 0
+    if p["kept_pairs"] and o["kept_pairs"]:
+        result.update(judged(p, o))
+    return result
 
 
 if __name__ == "__main__":

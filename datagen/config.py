@@ -137,8 +137,9 @@ class WavesConfig(Section):
     candidates pass the filter's thresholds by ``margin`` its remaining waves are skipped (enough);
     after ``m`` waves with no candidate within ``near`` of passing it is given up (hopeless), and
     with ``far`` set already after its first wave when every candidate scored so far falls further
-    than ``far`` short of passing. Margins are added to (``near``, ``far``: taken from) each of the
-    filter's four thresholds."""
+    than ``far`` short of passing. With ``rescue_after`` set, after that many waves only a triple about
+    to be lost goes on: no pass yet, and a candidate within ``rescue_near`` of passing. Margins are
+    added to (``near``, ``far``, ``rescue_near``: taken from) each of the filter's four thresholds."""
 
     size: int = Field(4, ge=1)          # candidates of one triple per wave
     k: int = Field(1, ge=1)             # enough: passes with margin before the triple stops
@@ -146,12 +147,17 @@ class WavesConfig(Section):
     margin: float = Field(0.0, ge=0)    # a pass counts toward k only this far above every threshold
     near: float = Field(0.02, ge=0)     # near passing: every metric within this of its threshold
     far: float | None = Field(None, ge=0)   # hopeless after one wave: every scored candidate this far short
+    rescue_after: int | None = Field(None, ge=1)   # waves after which only triples about to be lost go on
+    rescue_near: float = Field(0.01, ge=0)         # ... those with no pass yet and a candidate this near
 
     @model_validator(mode="after")
     def _far_beyond_near(self):
         if self.far is not None and self.far <= self.near:
             raise ValueError(f"render.waves.far ({self.far}) must exceed render.waves.near ({self.near}): it gives up "
                              "on triples after one wave, before m waves judge them by near")
+        if self.rescue_after is not None and self.rescue_near > self.near:
+            raise ValueError(f"render.waves.rescue_near ({self.rescue_near}) must not exceed render.waves.near "
+                             f"({self.near}): a triple further than near is given up after m waves, before any rescue")
         return self
 
 

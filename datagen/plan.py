@@ -73,7 +73,9 @@ def plan(cfg: PipelineConfig, name: str, gpus: int | None = None) -> Plan:
         levers.append(f"waves of {w.size} candidates stop a triple once {w.k} pass by {w.margin} (enough) or after "
                       f"{w.m} waves with none within {w.near} of passing (hopeless)"
                       + (f", or after one wave with every scored candidate over {w.far} short of passing"
-                         if w.far is not None else ""))
+                         if w.far is not None else "")
+                      + (f"; after {w.rescue_after} waves only triples with no pass yet and one within "
+                         f"{w.rescue_near} of passing go on" if w.rescue_after is not None else ""))
     if r.preview is not None:
         levers.append(f"previews at {r.preview.fraction} of the steps ({r.preview.decoder} decoder) stop the candidates "
                       + (f"the rule {r.preview.rule} predicts to fail" if r.preview.rule

@@ -6,7 +6,10 @@ wave its candidates' final scores are known (the render actor scores inline), an
 - is *hopeless* once ``m`` waves are done and none of its candidates came within ``near`` of
   passing (each metric at least its threshold minus ``near``), or, with ``far`` set, already after
   one wave when every candidate scored so far fell further than ``far`` short of passing;
-  a candidate's *shortfall* is its largest gap below a threshold, so all three read one number;
+  a candidate's *shortfall* is its largest gap below a threshold, so all these read one number;
+- with ``rescue_after`` set, is *covered* after that many waves when it has a pass (fewer than
+  ``k``), and *hopeless* when none of its candidates came within ``rescue_near``: the waves past
+  ``rescue_after`` go only to triples about to be lost, the ones a strict filter covers by chance;
 - is *open* otherwise, until its last wave.
 Pure functions of the scores and the config, so the decision can be redone from stored scores.
 """
@@ -41,7 +44,7 @@ class TripleProgress:
     closest: float = math.inf   # the smallest shortfall of its scored candidates (inf: none scored)
 
     def state(self, w: WavesConfig, total_waves: int) -> str:
-        """open | enough | hopeless | done (every wave rendered)."""
+        """open | enough | covered | hopeless | done (every wave rendered)."""
         if self.passed >= w.k:
             return "enough"
         if self.waves >= w.m and self.closest > w.near:
@@ -49,6 +52,11 @@ class TripleProgress:
         # A scored wave far from passing is evidence enough; a wave the previews stopped whole is none.
         if w.far is not None and w.far < self.closest < math.inf:
             return "hopeless"
+        if w.rescue_after is not None and self.waves >= w.rescue_after:
+            if self.passed:
+                return "covered"
+            if self.closest > w.rescue_near:
+                return "hopeless"
         return "done" if self.waves >= total_waves else "open"
 
 

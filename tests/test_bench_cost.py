@@ -29,6 +29,11 @@ def test_blocks_are_cached_per_triple_set_and_settings(tmp_path):
     assert folder(seed0, counted) == folder(seed0)                 # a count, not a setting
     _, todo = bench.recipe_blocks("paper", cfg, seed0, tmp_path, block=8)
     assert len(todo) == 2                                          # nothing rendered yet: both blocks to do
+    fast = load_config("shapes-fast", ["render.waves.rescue_after=null"])
+    # Off, a rescue_near changes nothing: the key is the one blocks had before the rescue existed.
+    assert folder(seed0, fast) == folder(seed0, load_config("shapes-fast", ["render.waves.rescue_after=null",
+                                                                             "render.waves.rescue_near=0.02"]))
+    assert folder(seed0, fast) != folder(seed0, load_config("shapes-fast"))
 
 
 def test_coverage_is_broken_down_by_edit_kind():

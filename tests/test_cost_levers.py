@@ -56,7 +56,7 @@ def test_calibrate_on_a_run_then_render_in_waves_with_the_rule(tmp_path, ray_loc
     totals = json.loads((fast.root / "render" / "render-totals.json").read_text())
     started = sum(len(fast.read_table("render", s)) for s in (0, 1))
     assert totals["skipped"] == 4 * 6 - started and totals["unet_rows_saved_waves"] > 0
-    assert totals["triples_enough"] + totals["triples_hopeless"] + totals["triples_all_waves"] == 4
+    assert totals["triples_enough"] + totals["triples_covered"] + totals["triples_hopeless"] + totals["triples_all_waves"] == 4
     stats = fast.read_stats("render")[0].extra
     for key in ("unet_rows", "unet_rows_saved_preview", "unet_rows_saved_waves", "stopped", "previewed"):
         assert key in stats

@@ -257,8 +257,8 @@ class Worker:
         if self.cfg.render.waves is not None:
             n_waves = total_waves(self.cfg.render.num_candidates, self.cfg.render.waves)
             states = Counter(p.state(self.cfg.render.waves, n_waves) for p in progress.values())
-            extra.update(triples_enough=states["enough"], triples_hopeless=states["hopeless"],
-                         triples_all_waves=states["done"])
+            extra.update(triples_enough=states["enough"], triples_covered=states["covered"],
+                         triples_hopeless=states["hopeless"], triples_all_waves=states["done"])
         stats = ShardStats(stage=STAGE, shard=shard, count_in=len(triples), count_out=ok,
                            seconds=round(time.perf_counter() - t0, 3), rejections=failures, extra=extra)
         self.store.write_stats(stats)
@@ -275,7 +275,7 @@ def finalize(cfg: PipelineConfig, store: RunStore) -> dict:
                        # issue 41's levers: rows spent, and saved by each (steps: against render.steps_reference)
                        "previewed", "stopped", "unet_rows_saved_preview", "skipped", "unet_rows_saved_waves",
                        "unet_rows_saved_steps",
-                       "triples_enough", "triples_hopeless", "triples_all_waves")}
+                       "triples_enough", "triples_covered", "triples_hopeless", "triples_all_waves")}
     total["unet_row_saving"] = round(1 - total["unet_rows"] / max(total["unet_rows_unshared"], 1), 4)
     not_rendered: Counter[str] = Counter()
     for s in stats:

@@ -49,6 +49,26 @@ def test_a_triple_far_from_passing_is_hopeless_after_one_wave():
     assert after_wave(TripleProgress(), [None, None, FAR, None], FILTER, w).state(w, 4) == "hopeless"
 
 
+def test_after_rescue_after_waves_only_triples_about_to_be_lost_go_on():
+    w = WavesConfig(size=4, k=4, m=1, near=0.03, rescue_after=2, rescue_near=0.01)
+    barely = {**PASS, "sim_direction": 0.195}          # 0.005 short: about to be lost
+    short = {**PASS, "sim_direction": 0.18}            # 0.02 short: near, but not within rescue_near
+    one_wave = after_wave(TripleProgress(), [short] * 4, FILTER, w)
+    assert one_wave.state(w, 4) == "open"              # before rescue_after every rule is as without it
+    assert after_wave(one_wave, [short] * 4, FILTER, w).state(w, 4) == "hopeless"
+    assert after_wave(one_wave, [barely, short, short, short], FILTER, w).state(w, 4) == "open"
+    assert after_wave(one_wave, [PASS, short, short, short], FILTER, w).state(w, 4) == "covered"
+    without = w.model_copy(update={"rescue_after": None})
+    assert after_wave(one_wave, [short] * 4, FILTER, without).state(without, 4) == "open"
+    rescued = after_wave(after_wave(one_wave, [barely] * 4, FILTER, w), [PASS, FAR, FAR, FAR], FILTER, w)
+    assert rescued.state(w, 4) == "covered"
+
+
+def test_rescue_near_must_not_exceed_near():
+    with pytest.raises(ValueError, match="rescue_near"):
+        WavesConfig(near=0.02, rescue_after=3, rescue_near=0.05)
+
+
 def test_far_must_exceed_near():
     with pytest.raises(ValueError, match="far"):
         WavesConfig(near=0.05, far=0.05)
@@ -107,6 +127,20 @@ def test_far_triples_stop_after_one_wave(renderer, tiny_sd_dir):
     assert sorted(c.index for c in started if c.triple_id == far) == list(range(4))
     assert progress[far].state(WavesConfig(size=4, k=1, m=2, far=0.1), 3) == "hopeless"
     assert counters.skipped == 8
+
+
+def test_only_triples_about_to_be_lost_render_past_rescue_after(renderer, tiny_sd_dir):
+    # One triple passes 3 of 4 in its first wave (covered, k is 4), one comes within 0.005 (rescued), one 0.02 short.
+    covered, rescued, short = (t.triple_id for t in TRIPLES)
+    scores = {covered: PASS, rescued: {**PASS, "sim_direction": 0.195}, short: {**PASS, "sim_direction": 0.18}}
+    started, counters, progress = render_in_waves(
+        renderer, tiny_sd_dir, lambda c: scores[c.triple_id] if c.index != 1 or c.triple_id != covered else FAR,
+        size=4, k=4, m=1, near=0.03, rescue_after=1, rescue_near=0.01)
+    per_triple = {t: sorted(c.index for c in started if c.triple_id == t) for t in scores}
+    assert per_triple == {covered: list(range(4)), rescued: list(range(12)), short: list(range(4))}
+    w = WavesConfig(size=4, k=4, m=1, near=0.03, rescue_after=1, rescue_near=0.01)
+    assert [progress[t].state(w, 3) for t in scores] == ["covered", "done", "hopeless"]
+    assert counters.skipped == 16
 
 
 def test_a_wave_renders_in_chunks_of_the_open_triples(renderer, tiny_sd_dir):
