@@ -46,3 +46,26 @@ def test_coverage_is_broken_down_by_edit_kind():
     assert set(share) == set(kinds)
     assert share[kinds[0]] == round(1 / sum(t.edit_kind == kinds[0] for t in triples), 4)
     assert all(share[k] == 0.0 for k in kinds[1:])
+
+
+def test_sets_of_triples_pool_by_their_counts_and_are_judged_against_the_targets():
+    bench = _bench()
+
+    def recipe(rows, kept, precision, coverage, started):
+        return {"unet_rows": rows, "kept_pairs": kept, "rows_per_kept_pair": rows / kept, "precision": precision,
+                "coverage": coverage, "candidates_started": started}
+
+    def one(seed, paper, ours):
+        return {"seed": seed, "triples": 200, "paper": paper, "ours": ours, **bench.judged(paper, ours)}
+
+    a = one(0, recipe(600_000, 300, 0.70, 0.45, 3200), recipe(100_000, 300, 0.75, 0.44, 2000))
+    b = one(1, recipe(600_000, 100, 0.80, 0.15, 3200), recipe(150_000, 100, 0.70, 0.10, 2000))
+    assert a["targets_met"] == {"rows_per_kept_pair_ratio": True, "precision_difference": True, "coverage_ratio": True}
+    assert b["targets_met"] == {"rows_per_kept_pair_ratio": False, "precision_difference": False, "coverage_ratio": False}
+    both = bench.pooled([a, b])
+    # Summed counts, not averaged ratios: 1.2M/400 against 250k/400 rows, 290/400 correct pairs against 295/400.
+    assert both["rows_per_kept_pair_ratio"] == 4.8
+    assert both["precision_paper"] == 0.725 and both["precision_ours"] == 0.7375
+    assert both["coverage_ours"] == 0.27 and both["coverage_ratio"] == 0.9
+    assert both["per_seed"]["1"]["targets_met"]["coverage_ratio"] is False
+    assert 0 < both["precision_difference_se"] < a["precision_difference_se"]   # more pairs, a smaller error
