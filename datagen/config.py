@@ -151,7 +151,7 @@ class WavesConfig(Section):
     rescue_near: float = Field(0.01, ge=0)         # ... those with no pass yet and a candidate this near
 
     @model_validator(mode="after")
-    def _far_beyond_near(self):
+    def _bounds_in_order(self):
         if self.far is not None and self.far <= self.near:
             raise ValueError(f"render.waves.far ({self.far}) must exceed render.waves.near ({self.near}): it gives up "
                              "on triples after one wave, before m waves judge them by near")
