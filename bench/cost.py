@@ -288,13 +288,14 @@ def judged(paper: dict, ours: dict) -> dict:
 
 def pooled(results: list[dict]) -> dict:
     """Several sets of triples (``--seeds``) as one: rows, kept pairs, correct pairs and covered triples
-    summed per recipe, so a target is judged on all of them at once."""
+    summed per recipe (each set judged by its own thresholds), so a target is judged on all at once."""
     out = {"seeds": [r["seed"] for r in results], "triples": sum(r["triples"] for r in results)}
     for name in ("paper", "ours"):
         kept = sum(r[name]["kept_pairs"] for r in results)
         out[name] = {"unet_rows": sum(r[name]["unet_rows"] for r in results), "kept_pairs": kept,
                      "rows_per_kept_pair": round(sum(r[name]["unet_rows"] for r in results) / kept, 1),
-                     "precision": round(sum(r[name]["precision"] * r[name]["kept_pairs"] for r in results) / kept, 4),
+                     "precision": round(sum((r[name]["precision"] or 0) * r[name]["kept_pairs"] for r in results)
+                                        / kept, 4),
                      "coverage": round(sum(r[name]["coverage"] * r["triples"] for r in results) / out["triples"], 4),
                      "kept_fraction": round(kept / sum(r[name]["candidates_started"] for r in results), 4)}
     p, o = out["paper"], out["ours"]
