@@ -291,9 +291,8 @@ def pooled(results: list[dict]) -> dict:
     summed per recipe (each set judged by its own thresholds), so a target is judged on all at once."""
     out = {"seeds": [r["seed"] for r in results], "triples": sum(r["triples"] for r in results)}
     for name in ("paper", "ours"):
-        kept = sum(r[name]["kept_pairs"] for r in results)
-        out[name] = {"unet_rows": sum(r[name]["unet_rows"] for r in results), "kept_pairs": kept,
-                     "rows_per_kept_pair": round(sum(r[name]["unet_rows"] for r in results) / kept, 1),
+        rows, kept = (sum(r[name][key] for r in results) for key in ("unet_rows", "kept_pairs"))
+        out[name] = {"unet_rows": rows, "kept_pairs": kept, "rows_per_kept_pair": round(rows / kept, 1),
                      "precision": round(sum((r[name]["precision"] or 0) * r[name]["kept_pairs"] for r in results)
                                         / kept, 4),
                      "coverage": round(sum(r[name]["coverage"] * r["triples"] for r in results) / out["triples"], 4),
