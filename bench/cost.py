@@ -307,11 +307,14 @@ def pooled(results: list[dict]) -> dict:
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", required=True, help="folder for the cached blocks and the preview rule")
+    ap.add_argument("--out", required=True, help="folder for the cached blocks and preview rules")
     ap.add_argument("--pipeline", default="shapes-fast", help="our recipe's pipeline (pipelines.yaml)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override our recipe's config")
     ap.add_argument("--triples", type=int, default=200)
     ap.add_argument("--calibration-triples", type=int, default=60)
+    ap.add_argument("--calibration-candidates", type=int, default=32,
+                    help="per calibration triple: the rule judges one candidate at a time, so this sets the sample "
+                         "size, not ours' budget (its replay sees only these)")
     ap.add_argument("--candidates", type=int, default=16, help="per triple, the paper recipe's")
     ap.add_argument("--ours-candidates", type=int, default=None,
                     help="the most ours starts per triple (default: its pipeline's render.num_candidates)")
@@ -329,6 +332,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="also render the paper recipe at these step counts on the same triples and report pair "
                          "quality per step count (steps_study)")
     return ap.parse_args(argv)
+
+
+def calibration_config(pipeline: str, ours_set: list[str], candidates: int) -> PipelineConfig:
+    """Ours' render settings with every candidate rendered to the end and its preview recorded. The
+    rule judges one candidate at a time, so ``candidates`` a triple is a sample size: ours' budget
+    (its waves) may change without rendering the calibration again."""
+    return load_config(pipeline, [*ours_set, f"render.num_candidates={candidates}", "render.waves=null",
+                                  "render.preview.rule="])
 
 
 def bench_set(args: argparse.Namespace, seed: int) -> dict:
@@ -349,7 +360,7 @@ def bench_set(args: argparse.Namespace, seed: int) -> dict:
     # 1. The paper recipe: every candidate to the end. Its scores fix the (strict) thresholds.
     # 2. Calibration: other triples, our steps, nothing stopped, previews recorded. Its blocks do not
     #    depend on the thresholds (no waves), so they render beside the paper recipe's.
-    calibration = load_config(args.pipeline, [*ours_set, "render.waves=null", "render.preview.rule="])
+    calibration = calibration_config(args.pipeline, ours_set, args.calibration_candidates)
     calibration_triples = make_triples(args.calibration_triples, seed, "calibration")
     paper_folder, paper_todo = recipe_blocks("paper", paper, triples, out, args.block)
     cal_folder, cal_todo = recipe_blocks("calibration", calibration, calibration_triples, out, args.block, previews=True)
@@ -359,14 +370,15 @@ def bench_set(args: argparse.Namespace, seed: int) -> dict:
                           Thresholds.from_config(paper.filter), max_pairs, args.max_kept_fraction)
     filter_set = [f"filter.{k}={v}" for k, v in t.as_dict().items()]
 
-    rule_path = out / "preview_rule.json"
+    # Next to the calibration it is fitted on: sets of other seeds, benched side by side, keep their own.
+    rule_path = cal_folder / f"preview_rule-{args.rule_kind}-{args.target_recall}.json"
     cal_rows, cal_counters = read_recipe(cal_folder, len(calibration_triples), args.block)
     cal_scored = cal_rows.assign(status=np.where(cal_rows["sim_0"].notna(), "ok", "failed"))
     label = passes(cal_scored, t)
     x = cal_rows[[f"preview_{m}" for m in FEATURES]].to_numpy(dtype=float)
     # Fitting is instant and pure: refit every time (the thresholds, hence the labels, may have moved).
     rule = fit_rule(x, label, args.target_recall, calibration.render.preview.fraction, calibration.render.steps,
-                    args.rule_kind, source=str(out / "calibration"))
+                    args.rule_kind, source=str(cal_folder))
     save_rule(rule, rule_path)
 
     # 3. Ours: waves, previews stopped by the rule, our steps, the same thresholds.
@@ -388,7 +400,8 @@ def bench_set(args: argparse.Namespace, seed: int) -> dict:
                     "recall_on_calibration": rule_metrics(rule, x, label)["recall"]} if ours.render.preview else None,
         "paper": p, "ours": o,
         # Calibration is paid once per model and settings, not per triple: apart from ours' rows.
-        "calibration": {"triples": args.calibration_triples, "unet_rows": cal_counters["unet_rows"],
+        "calibration": {"triples": args.calibration_triples, "candidates_per_triple": args.calibration_candidates,
+                        "unet_rows": cal_counters["unet_rows"],
                         "ours_replayed": replayed},
         "ours_levers": {"candidates_skipped_by_waves": ours_counters.get("skipped", 0),
                         "unet_rows_saved_waves": ours_counters.get("unet_rows_saved_waves", 0),

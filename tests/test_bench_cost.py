@@ -36,6 +36,18 @@ def test_blocks_are_cached_per_triple_set_and_settings(tmp_path):
     assert folder(seed0, fast) != folder(seed0, load_config("shapes-fast"))
 
 
+def test_the_calibration_does_not_depend_on_ours_budget_or_waves(tmp_path):
+    bench = _bench()
+    triples = bench.make_triples(8, 0, "calibration")
+    folder = lambda ours_set, n=32: bench.recipe_blocks(   # noqa: E731
+        "calibration", bench.calibration_config("shapes-fast", ours_set, n), triples, tmp_path, block=8)[0]
+    cfg = bench.calibration_config("shapes-fast", ["render.num_candidates=44", "render.waves.far=0.1"], 32)
+    assert cfg.render.num_candidates == 32 and cfg.render.waves is None and cfg.render.preview.rule == ""
+    assert folder(["render.num_candidates=44", "render.waves.far=0.1"]) == folder([])
+    assert folder([], 24) != folder([])                      # a sample size of its own: other blocks
+    assert folder(["render.steps=20"]) != folder([])         # what the previews see: other blocks
+
+
 def test_coverage_is_broken_down_by_edit_kind():
     bench = _bench()
     triples = bench.make_triples(12, 0, "bench")
