@@ -5,8 +5,8 @@ On the shapes world, the same triples for both recipes:
   drawn afresh), scored, top 4 kept;
 - ours: the ``--pipeline`` (shapes-fast) render settings: waves with k/m (up to its own candidates per
   triple, ``--ours-candidates``), previews stopped by a rule, fewer steps. Its preview rule is
-  calibrated first on separate triples (``--calibration-triples``) rendered to the end with previews
-  recorded, for ``--target-recall`` of the would-be-kept ones.
+  calibrated first on separate triples (``--calibration-triples``, ``--calibration-candidates`` each)
+  rendered to the end with previews recorded, for ``--target-recall`` of the would-be-kept ones.
 The filter thresholds are the shapes pipeline's, with min_direction raised until the paper recipe keeps
 at most ``--max-kept-fraction`` of its candidates; both recipes are judged with them. Pairs are judged
 by the exact oracle with un-named facts (``correct_full``).
