@@ -200,10 +200,15 @@ def choose_thresholds(scores: pd.DataFrame, base: Thresholds, max_pairs: int, ma
     raise SystemExit(f"no min_direction keeps at most {max_kept_fraction} of the candidates")
 
 
+def kept_mask(rows: pd.DataFrame, t: Thresholds, max_pairs: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """The rows as the filter sees them (a candidate without scores failed), and which it keeps."""
+    scored = rows.assign(status=np.where(rows["sim_0"].notna(), "ok", "failed")).reset_index(drop=True)
+    return scored, Selector(scored).select(t, max_pairs)
+
+
 def outcome(rows: pd.DataFrame, triples: list[Triple], t: Thresholds, max_pairs: int, unet_rows: int,
             seconds: float) -> dict:
-    scored = rows.assign(status=np.where(rows["sim_0"].notna(), "ok", "failed")).reset_index(drop=True)
-    kept = Selector(scored).select(t, max_pairs)
+    scored, kept = kept_mask(rows, t, max_pairs)
     n_kept = int(kept.sum())
     chosen = scored[kept]
     return {"unet_rows": int(unet_rows), "candidates_started": int(len(rows)), "kept_pairs": n_kept,
@@ -222,6 +227,41 @@ def coverage_by_kind(chosen: pd.DataFrame, triples: list[Triple]) -> dict[str, f
     covered = set(chosen["triple_id"])
     kinds = pd.Series([t.triple_id in covered for t in triples], index=[t.edit_kind for t in triples])
     return {kind: round(float(v), 4) for kind, v in kinds.groupby(level=0).mean().items()}
+
+
+def per_triple(rows: pd.DataFrame, triples: list[Triple], t: Thresholds, max_pairs: int, unet_rows: int,
+               stopped_fraction: float) -> pd.DataFrame:
+    """One line per triple: UNet rows, kept pairs, correct kept pairs, covered (0/1). The recipe's
+    measured rows are shared out by candidate (the counters are per block), a candidate stopped at
+    its preview counting ``stopped_fraction`` of one rendered to the end."""
+    weight = np.where(rows["status"].to_numpy() == "stopped", stopped_fraction, 1.0)
+    scored, kept = kept_mask(rows, t, max_pairs)
+    chosen = scored.assign(kept=kept, correct=kept & scored["correct_full"].fillna(False).astype(bool),
+                           rows=unet_rows * weight / weight.sum())
+    table = chosen.groupby("triple_id").agg(rows=("rows", "sum"), kept=("kept", "sum"), correct=("correct", "sum"))
+    table = table.reindex([tr.triple_id for tr in triples], fill_value=0).astype(float)
+    return table.assign(covered=(table["kept"] > 0).astype(float))
+
+
+def bootstrap(sets: list[tuple[pd.DataFrame, pd.DataFrame]], draws: int = 2000, seed: int = 0) -> dict:
+    """How much the three target figures move with the draw of triples: a paired bootstrap (both
+    recipes resampled on the same triples, each set within itself, then summed as ``pooled`` does).
+    Gives each figure's 95 % interval and the share of draws in which all three targets hold."""
+    rng = np.random.default_rng(seed)
+    cols = ["rows", "kept", "correct", "covered"]
+    total = np.zeros((draws, 8))
+    for paper, ours in sets:
+        x = np.hstack([paper[cols].to_numpy(), ours.loc[paper.index, cols].to_numpy()])
+        total += x[rng.integers(0, len(x), size=(draws, len(x)))].sum(axis=1)
+    p_rows, p_kept, p_correct, p_covered, o_rows, o_kept, o_correct, o_covered = total.T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        figures = {"rows_per_kept_pair_ratio": (p_rows / p_kept) / (o_rows / o_kept),
+                   "precision_difference": o_correct / o_kept - p_correct / p_kept,
+                   "coverage_ratio": o_covered / p_covered}
+    met = np.all([np.nan_to_num(v, nan=-np.inf) >= TARGETS[k] for k, v in figures.items()], axis=0)
+    return {"draws": draws, "ci95": {k: [round(float(q), 4) for q in np.nanpercentile(v, [2.5, 97.5])]
+                                     for k, v in figures.items()},
+            "all_targets_met_share": round(float(met.mean()), 4)}
 
 
 def replay(rows: pd.DataFrame, cfg: PipelineConfig, rule, t: Thresholds, max_pairs: int, rows_per_candidate: float) -> dict:
@@ -262,12 +302,14 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else [args.seed]
-    results = []
+    results, tables = [], []
     for seed in seeds:
-        results.append(bench_set(args, seed))
-        print(json.dumps(results[-1]), flush=True)
+        result, table = bench_set(args, seed)
+        results.append(result)
+        tables.append(table)
+        print(json.dumps(result), flush=True)
     if len(results) > 1:
-        print(json.dumps(pooled(results)))
+        print(json.dumps({**pooled(results), "bootstrap": bootstrap(tables)}))
     return 0
 
 
@@ -342,8 +384,9 @@ def calibration_config(pipeline: str, ours_set: list[str], candidates: int) -> P
                                   "render.preview.rule="])
 
 
-def bench_set(args: argparse.Namespace, seed: int) -> dict:
-    """Both recipes on the set of triples of ``seed``: the result of one set."""
+def bench_set(args: argparse.Namespace, seed: int) -> tuple[dict, tuple[pd.DataFrame, pd.DataFrame]]:
+    """Both recipes on the set of triples of ``seed``: the result of one set, and both recipes'
+    per-triple tables (``per_triple``) for the bootstrap."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -424,9 +467,12 @@ def bench_set(args: argparse.Namespace, seed: int) -> dict:
         result["steps_study"] = {str(k): {key: v[key] for key in ("correct_full_rate_all", "precision", "coverage",
                                                                    "kept_fraction", "rows_per_kept_pair")}
                                  for k, v in sorted(study.items())}
+    tables = (per_triple(paper_rows, triples, t, max_pairs, paper_counters["unet_rows"], 1.0),
+              per_triple(ours_rows, triples, t, max_pairs, ours_counters["unet_rows"],
+                         ours.render.preview.fraction if ours.render.preview else 1.0))
     if p["kept_pairs"] and o["kept_pairs"]:
-        result.update(judged(p, o))
-    return result
+        result.update(judged(p, o), bootstrap=bootstrap([tables]))
+    return result, tables
 
 
 if __name__ == "__main__":

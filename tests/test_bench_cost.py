@@ -81,3 +81,46 @@ def test_sets_of_triples_pool_by_their_counts_and_are_judged_against_the_targets
     assert both["coverage_ours"] == 0.27 and both["coverage_ratio"] == 0.9
     assert both["per_seed"]["1"]["targets_met"]["coverage_ratio"] is False
     assert 0 < both["precision_difference_se"] < a["precision_difference_se"]   # more pairs, a smaller error
+
+
+def test_per_triple_tables_share_the_measured_rows_and_count_what_each_triple_kept():
+    bench = _bench()
+    triples = bench.make_triples(3, 0, "bench")
+    a, b, c = (t.triple_id for t in triples)
+    t = bench.Thresholds(min_sim_0=0.5, min_sim_1=0.5, min_direction=0.5, min_image=0.5)
+    good = dict(sim_0=0.9, sim_1=0.9, sim_image=0.9, sim_direction=0.9)
+    nan = dict.fromkeys(good, float("nan"))
+    rows = bench.pd.DataFrame([
+        {"candidate_id": f"{a}_0000", "triple_id": a, "index": 0, "status": "ok", **good, "correct_full": True},
+        {"candidate_id": f"{a}_0001", "triple_id": a, "index": 1, "status": "ok", **good, "correct_full": False},
+        {"candidate_id": f"{b}_0000", "triple_id": b, "index": 0, "status": "stopped", **nan, "correct_full": None},
+        {"candidate_id": f"{b}_0001", "triple_id": b, "index": 1, "status": "ok", **{**good, "sim_direction": 0.1},
+         "correct_full": True}])
+    table = bench.per_triple(rows, triples, t, 4, unet_rows=350, stopped_fraction=0.5)
+    assert list(table.index) == [a, b, c]                        # every triple, one that started nothing too
+    assert table["rows"].tolist() == [200.0, 150.0, 0.0]         # 350 rows over weights 1, 1, 0.5, 1
+    assert table["kept"].tolist() == [2.0, 0.0, 0.0] and table["correct"].tolist() == [1.0, 0.0, 0.0]
+    assert table["covered"].tolist() == [1.0, 0.0, 0.0]
+
+
+def test_the_bootstrap_resamples_both_recipes_on_the_same_triples():
+    bench = _bench()
+    ids = [f"t{i}" for i in range(40)]
+    kept = bench.np.array([i % 3 for i in range(40)], dtype=float)
+    paper = bench.pd.DataFrame({"rows": 3200.0, "kept": kept, "correct": kept // 2, "covered": (kept > 0) * 1.0},
+                               index=ids)
+    # The same pairs for a sixth of the rows on every triple: whatever the draw, exactly 6x, equal precision
+    # and coverage, so all three targets hold in every draw.
+    same = bench.bootstrap([(paper, paper.assign(rows=paper["rows"] / 6))], draws=200)
+    assert same["ci95"] == {"rows_per_kept_pair_ratio": [6.0, 6.0], "precision_difference": [0.0, 0.0],
+                            "coverage_ratio": [1.0, 1.0]}
+    assert same["all_targets_met_share"] == 1.0
+    # Ours losing every other covered triple: coverage near 0.5 in every draw, so no draw meets the targets.
+    lost = paper.copy()
+    lost.loc[ids[1::2], ["kept", "correct", "covered"]] = 0.0
+    worse = bench.bootstrap([(paper, lost.assign(rows=lost["rows"] / 6))], draws=200)
+    low, high = worse["ci95"]["coverage_ratio"]
+    assert 0.3 < low < 0.5 < high < 0.7 and worse["all_targets_met_share"] == 0.0
+    # Two sets pool: the interval of twice the triples is narrower.
+    pooled = bench.bootstrap([(paper, lost), (paper, lost)], draws=200)
+    assert pooled["ci95"]["coverage_ratio"][1] - pooled["ci95"]["coverage_ratio"][0] < high - low
