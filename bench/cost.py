@@ -11,6 +11,8 @@ The filter thresholds are the shapes pipeline's, with min_direction raised until
 at most ``--max-kept-fraction`` of its candidates; both recipes are judged with them. Pairs are judged
 by the exact oracle with un-named facts (``correct_full``).
 
+Each set's JSON (and the pooled one) carries a paired bootstrap over its triples: the 95 % interval of
+each target figure and the share of draws meeting all three, i.e. how much a set of this size decides.
 Work is cached per block of triples under ``--out``, so a killed bench resumes where it stopped.
 The last line is one JSON object.
 
