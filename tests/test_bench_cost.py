@@ -45,7 +45,7 @@ def test_the_calibration_does_not_depend_on_ours_budget_or_waves(tmp_path):
     assert cfg.render.num_candidates == 32 and cfg.render.waves is None and cfg.render.preview.rule == ""
     assert folder(["render.num_candidates=44", "render.waves.far=0.1"]) == folder([])
     assert folder([], 24) != folder([])                      # a sample size of its own: other blocks
-    assert folder(["render.steps=20"]) != folder([])         # what the previews see: other blocks
+    assert folder(["render.steps=15"]) != folder([])         # what the previews see: other blocks
 
 
 def test_coverage_is_broken_down_by_edit_kind():
